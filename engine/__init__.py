@@ -1,0 +1,1 @@
+"""Packed-binary inference: sign-bit packing, XNOR-popcount kernels, .bnn files and their runtime."""
