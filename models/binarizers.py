@@ -29,7 +29,7 @@ BINARIZERS: dict[str, type[Binarizer]] = {}
 
 def sgn(x: Tensor) -> Tensor:
     """sgn(x) = +1 if x >= 0 else -1 (unlike torch.sign, sgn(0) = +1)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 def register_binarizer(name: str) -> Callable[[type[Binarizer]], type[Binarizer]]:
