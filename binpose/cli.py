@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("engine.cli:export_onnx_main", "export the float-simulated network as ONNX"),
     "bench": ("engine.cli:bench_main", "benchmark the packed kernels and models against float baselines"),
     "serve": ("service.cli:serve_main", "start the HTTP service on the bundled default weights"),
-    "score": ("service.cli:score_main", "score a folder or COCO file offline"),
+    "score": ("service.score:main", "score a folder or COCO file offline"),
 }
 
 
