@@ -1,0 +1,200 @@
+"""Micro-batching: crops from one request and from concurrent requests share network calls.
+
+A batch starts when it holds `max_batch_size` items or when its oldest item has waited `max_wait_s`, whichever comes
+first. The queue is bounded (in items): a request that would overflow it is refused at once (503 + Retry-After), so
+latency stays bounded under overload instead of growing without limit. The network runs in a worker thread, so the
+event loop keeps accepting and answering while a batch computes. A request cancelled by its deadline leaves its
+waiting items behind; they are dropped, not computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ApiError
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class BatchResult:
+    outputs: np.ndarray  # one row per submitted item, in order
+    queue_seconds: float  # longest wait of the request's items before their batch started
+    compute_seconds: float  # network time of the batches the request's items were in
+
+
+@dataclass
+class _Job:
+    items: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued_at: float
+    outputs: list[np.ndarray | None] = field(default_factory=list)
+    remaining: int = 0
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    cancelled: bool = False
+
+
+class MicroBatcher:
+    """One per loaded model. `submit` is awaited by request handlers; `run` is the single consumer."""
+
+    def __init__(
+        self,
+        model: str,
+        backend: str,
+        infer: InferFn,
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_size: int,
+        metrics: Metrics,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.model = model
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self._infer = infer
+        self._executor = executor
+        self._metrics = metrics
+        self._pending: deque[tuple[_Job, int]] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        # The average batch time, for Retry-After.
+        self._mean_compute_s = 0.05
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.model}")
+
+    async def close(self) -> None:
+        """Stop taking work, finish what is queued, then return."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def retry_after_s(self) -> int:
+        batches_ahead = math.ceil(max(self.depth, 1) / self.max_batch_size)
+        return max(1, math.ceil(batches_ahead * self._mean_compute_s))
+
+    async def submit(self, items: np.ndarray) -> BatchResult:
+        n = int(items.shape[0])
+        if n == 0:
+            return BatchResult(np.zeros((0,), np.float32), 0.0, 0.0)
+        if self._closed:
+            raise ApiError(503, "shutting_down", "the server is shutting down; retry on another instance",
+                           {"Retry-After": "1"})  # fmt: skip
+        if n > self.queue_size:
+            raise ApiError(
+                413, "too_many_items",
+                f"this request needs {n} network inputs but the queue holds at most {self.queue_size}; "
+                "send fewer boxes or raise BINPOSE_QUEUE_SIZE",
+            )  # fmt: skip
+        if self.depth + n > self.queue_size:
+            self._metrics.rejected.labels(model=self.model, reason="overload").inc()
+            retry = self.retry_after_s()
+            raise ApiError(
+                503, "overloaded",
+                f"model {self.model!r} has {self.depth} inputs queued (limit {self.queue_size}); retry in {retry} s",
+                {"Retry-After": str(retry)},
+            )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        job = _Job(items=items, future=loop.create_future(), enqueued_at=time.perf_counter())
+        job.outputs = [None] * n
+        job.remaining = n
+        self._pending.extend((job, i) for i in range(n))
+        self._metrics.queue_depth.labels(model=self.model).set(self.depth)
+        self._wakeup.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+
+    def _take_batch(self) -> list[tuple[_Job, int]]:
+        batch: list[tuple[_Job, int]] = []
+        while self._pending and len(batch) < self.max_batch_size:
+            job, i = self._pending.popleft()
+            if not job.cancelled:
+                batch.append((job, i))
+        self._metrics.queue_depth.labels(model=self.model).set(self.depth)
+        return batch
+
+    async def _wait_to_fill(self) -> None:
+        deadline = self._pending[0][0].enqueued_at + self.max_wait_s
+        while not self._closed and len(self._pending) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_to_fill()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            for job, _ in batch:
+                wait = started - job.enqueued_at
+                self._metrics.queue_wait_seconds.labels(model=self.model).observe(wait)
+                job.queue_seconds = max(job.queue_seconds, wait)
+            stacked = np.stack([job.items[i] for job, i in batch])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
+            except Exception as exc:  # the model failed: fail these requests, keep serving
+                logger.exception("inference failed for model %s on a batch of %d", self.model, len(batch))
+                error = ApiError(500, "inference_failed", f"model {self.model!r} failed: {type(exc).__name__}: {exc}")
+                for job, _ in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            compute = time.perf_counter() - started
+            self._mean_compute_s = 0.8 * self._mean_compute_s + 0.2 * compute
+            self._metrics.compute_seconds.labels(model=self.model, backend=self.backend).observe(compute)
+            self._metrics.batch_size.labels(model=self.model).observe(len(batch))
+            seen: set[int] = set()
+            for k, (job, i) in enumerate(batch):
+                if id(job) not in seen:
+                    seen.add(id(job))
+                    job.compute_seconds += compute
+                job.outputs[i] = outputs[k]
+                job.remaining -= 1
+                if job.remaining == 0 and not job.future.done():
+                    job.future.set_result(
+                        BatchResult(np.stack(job.outputs), job.queue_seconds, job.compute_seconds)  # type: ignore[arg-type]
+                    )

@@ -1,0 +1,94 @@
+"""Image decoding with limits, and the input tensors of the networks.
+
+The pixel limit is checked on the size the header declares, before any pixel is decoded, so a small file that declares
+50000x50000 pixels costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from models.spec import ModelSpec
+from service.errors import ApiError
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM"}
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Bytes of an image file -> RGB uint8 array [H, W, 3]. ApiError 422 (empty/undecodable), 415 (not an image),
+    413 (over the pixel limit)."""
+    if not data:
+        raise ApiError(422, "empty_image", "the image is empty; send the bytes of a JPEG or PNG file")
+    with warnings.catch_warnings():
+        # PIL's own decompression-bomb guard would fire on the same images; ours answers first, from the header.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))  # reads the header only
+        except UnidentifiedImageError:
+            raise ApiError(415, "not_an_image", "the body is not an image PIL recognises; send a JPEG or PNG") from None
+        except Image.DecompressionBombError as exc:
+            raise ApiError(413, "image_too_large", f"{exc}") from None
+        except Exception as exc:
+            raise ApiError(422, "undecodable_image", f"cannot read the image header: {exc}") from None
+        if img.format not in ALLOWED_FORMATS:
+            raise ApiError(415, "unsupported_image_format",
+                           f"image format {img.format} is not accepted; send one of {sorted(ALLOWED_FORMATS)}")  # fmt: skip
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ApiError(422, "undecodable_image", f"the image declares an empty size {width}x{height}")
+        if width * height > max_pixels:
+            raise ApiError(
+                413, "image_too_large",
+                f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}; downscale it",
+            )  # fmt: skip
+        try:
+            img.load()
+            rgb = img.convert("RGB")
+        except Exception as exc:
+            raise ApiError(422, "undecodable_image", f"the {img.format} image cannot be decoded: {exc}") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", bgr)
+    else:
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"cannot encode a {fmt} image")
+    return bytes(buf.tobytes())
+
+
+def normalize(rgb_batch: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB -> float32 [N, C, H, W] normalized as the spec says (grey if in_chans == 1)."""
+    x = rgb_batch.astype(np.float32) / 255.0
+    if spec.in_chans == 1:
+        x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    mean = np.asarray(spec.mean, np.float32)[: spec.in_chans]
+    std = np.asarray(spec.std, np.float32)[: spec.in_chans]
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def classification_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The usual evaluation transform: resize the shorter side to size/0.875, centre-crop to the input size.
+    Small inputs (e.g. 28x28) are resized directly."""
+    h_in, w_in = spec.input_size
+    h, w = rgb.shape[:2]
+    if min(h_in, w_in) >= 64:
+        ratio = 0.875
+        scale = max(h_in / ratio / h, w_in / ratio / w)
+        nh, nw = max(h_in, round(h * scale)), max(w_in, round(w * scale))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+        top, left = (nh - h_in) // 2, (nw - w_in) // 2
+        crop = resized[top : top + h_in, left : left + w_in]
+    else:
+        crop = cv2.resize(rgb, (w_in, h_in), interpolation=cv2.INTER_AREA)
+    return normalize(crop[None], spec)

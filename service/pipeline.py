@@ -1,0 +1,155 @@
+"""The stages of a request, each a plain function: decode -> boxes (client, detected or whole) -> crops -> [batcher]
+-> decode keypoints / class probabilities -> response. The routes only wire them together."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.keypoints import box_to_center_scale, crop_person, decode_heatmaps, flip_heatmaps
+from models.spec import ModelSpec
+from service.detect import detect_people, whole_image_box
+from service.errors import ApiError
+from service.imaging import classification_input, decode_image, normalize
+from service.schemas import ClassScore, Keypoint, Person, PoseOptions
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def decode_base64(text: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # a data URL from a browser
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", "image is not valid base64; send the file's bytes base64-encoded") from None
+
+
+def check_boxes(boxes: list[list[float]], width: int, height: int) -> list[list[float]]:
+    """Client boxes clipped to the image. A box that misses the image, or reaches further than one image size
+    beyond it (a unit or coordinate-order mistake), is refused with 400."""
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        inside_reach = -width <= x1 and x2 <= 2 * width and -height <= y1 and y2 <= 2 * height
+        overlaps = x1 < width and x2 > 0 and y1 < height and y2 > 0
+        if not (inside_reach and overlaps):
+            raise ApiError(
+                400, "box_outside_image",
+                f"box {i} {[x1, y1, x2, y2]} lies outside the {width}x{height} image; "
+                "boxes are [x1, y1, x2, y2] in pixels of the image sent",
+            )  # fmt: skip
+        cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
+        cx2, cy2 = min(x2, float(width)), min(y2, float(height))
+        if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
+            raise ApiError(400, "box_outside_image", f"box {i} covers less than one pixel of the image")
+        out.append([cx1, cy1, cx2, cy2])
+    return out
+
+
+@dataclass
+class PosePlan:
+    """Everything between decoding and the network: the boxes, their crops and where the crops came from."""
+
+    width: int
+    height: int
+    boxes: list[list[float]]
+    sources: list[str]
+    box_scores: list[float]
+    centers: np.ndarray  # [n, 2]
+    scales: np.ndarray  # [n, 2]
+    inputs: np.ndarray  # [n or 2n, C, H, W]; with flip the mirrored crops follow the originals
+    flip: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    rgb: np.ndarray | None = None
+
+
+def plan_pose(data: bytes, options: PoseOptions, spec: ModelSpec, max_pixels: int, max_persons: int) -> PosePlan:
+    """Decode, find the boxes and make the network inputs (runs in a worker thread)."""
+    t = time.perf_counter()
+    rgb = decode_image(data, max_pixels)
+    timings = {"decode_ms": ms_since(t)}
+    height, width = rgb.shape[:2]
+    limit = min(options.max_persons, max_persons)
+    t = time.perf_counter()
+    if options.boxes is not None:
+        boxes = check_boxes(options.boxes, width, height)[:limit]
+        sources, scores = ["client"] * len(boxes), [1.0] * len(boxes)
+    elif options.detector == "whole":
+        boxes, sources, scores = [whole_image_box(width, height)], ["whole"], [1.0]
+    else:
+        found = detect_people(rgb)[:limit]
+        boxes = [b for b, _ in found]
+        sources, scores = ["hog"] * len(found), [s for _, s in found]
+    timings["detect_ms"] = ms_since(t)
+
+    t = time.perf_counter()
+    in_h, in_w = spec.input_size
+    centers = np.zeros((len(boxes), 2))
+    scales = np.zeros((len(boxes), 2))
+    crops = np.zeros((len(boxes), in_h, in_w, 3), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], in_w / in_h)
+        crops[i] = crop_person(rgb, centers[i], scales[i], 0.0, (in_h, in_w))
+    if options.flip and len(boxes):
+        crops = np.concatenate([crops, crops[:, :, ::-1]])
+    inputs = normalize(crops, spec) if len(boxes) else np.zeros((0, spec.in_chans, in_h, in_w), np.float32)
+    timings["preprocess_ms"] = ms_since(t)
+    return PosePlan(width, height, boxes, sources, scores, centers, scales, inputs, options.flip, timings, rgb)
+
+
+def finish_pose(plan: PosePlan, heatmaps: np.ndarray, spec: ModelSpec, score_threshold: float) -> list[Person]:
+    """Heatmaps -> persons with named keypoints in image pixels, best instance first."""
+    n = len(plan.boxes)
+    if n == 0:
+        return []
+    if plan.flip:
+        heatmaps = 0.5 * (heatmaps[:n] + flip_heatmaps(heatmaps[n:], spec.flip_pairs))
+    coords, scores = decode_heatmaps(heatmaps, plan.centers, plan.scales, spec.input_size)
+    names = spec.keypoint_names or tuple(f"kp{j}" for j in range(heatmaps.shape[1]))
+    persons = []
+    for i in range(n):
+        kpts = [
+            Keypoint(name=names[j], x=float(coords[i, j, 0]), y=float(coords[i, j, 1]), score=float(scores[i, j]),
+                     visible=bool(scores[i, j] >= score_threshold))
+            for j in range(coords.shape[1])
+        ]  # fmt: skip
+        visible = scores[i][scores[i] >= score_threshold]
+        quality = float(visible.mean()) if visible.size else 0.0
+        persons.append(
+            Person(
+                box=[float(v) for v in plan.boxes[i]],
+                box_source=plan.sources[i],  # type: ignore[arg-type]
+                box_score=plan.box_scores[i],
+                score=quality,
+                keypoints=kpts,
+            )
+        )
+    persons.sort(key=lambda p: -p.score)
+    return persons
+
+
+def plan_classify(data: bytes, spec: ModelSpec, max_pixels: int) -> tuple[np.ndarray, dict[str, float]]:
+    t = time.perf_counter()
+    rgb = decode_image(data, max_pixels)
+    timings = {"decode_ms": ms_since(t)}
+    t = time.perf_counter()
+    x = classification_input(rgb, spec)
+    timings["preprocess_ms"] = ms_since(t)
+    return x, timings
+
+
+def finish_classify(logits: np.ndarray, spec: ModelSpec, top_k: int) -> list[ClassScore]:
+    z = logits.astype(np.float64).reshape(-1)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[: min(top_k, len(p))]
+    names = spec.class_names
+    return [
+        ClassScore(index=int(i), name=names[i] if i < len(names) else f"class_{i}", probability=float(p[i])) for i in order
+    ]
