@@ -41,9 +41,7 @@ __all__ = [
 ]
 
 
-def box_to_center_scale(
-    box_xywh: ArrayLike, aspect_ratio: float, padding: float = 1.25
-) -> tuple[FloatArray, FloatArray]:
+def box_to_center_scale(box_xywh: ArrayLike, aspect_ratio: float, padding: float = 1.25) -> tuple[FloatArray, FloatArray]:
     """Center (x, y) and scale (w, h) in pixels of a person box [x, y, w, h] (x, y = top-left corner).
 
     The box is widened or heightened to ``aspect_ratio`` = input width / input height (192/256 = 0.75 for 256x192),

@@ -1,0 +1,237 @@
+"""Evaluation: top-1/top-5 for classifiers; COCO keypoint AP/AR (OKS, through pycocotools) for pose networks.
+
+COCO keypoint results are a list of ``{"image_id", "category_id": 1, "keypoints": [x, y, score] * K, "score"}``;
+no "bbox" field (pycocotools would switch to its box branch). An empty result list is scored as AP = AR = 0 without
+calling pycocotools, whose ``loadRes`` crashes on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from numpy.typing import NDArray
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from models.keypoints import decode_heatmaps
+from models.spec import COCO_OKS_SIGMAS
+
+logger = logging.getLogger(__name__)
+
+COCO_KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+# ---------------------------------------------------------------------------------------------------- classification
+def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
+    """Number of samples whose label is among the k highest logits, for each k (k is capped at the class count)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hits = top == labels[:, None]
+    return [int(hits[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader: DataLoader[Any], device: torch.device) -> dict[str, float]:
+    """Top-1, top-5 (in %) and mean cross-entropy over ``loader``; summed across processes when distributed (each
+    process must see a disjoint shard)."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # n, top1, top5, loss sum
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images).float()
+        c1, c5 = topk_correct(logits, labels, (1, 5))
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        totals += torch.tensor([labels.numel(), c1, c5, float(loss)], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    n = max(float(totals[0]), 1.0)
+    return {"top1": 100.0 * float(totals[1]) / n, "top5": 100.0 * float(totals[2]) / n, "loss": float(totals[3]) / n,
+            "num_samples": int(totals[0])}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- pose
+def keypoint_results(
+    coords: NDArray[np.floating],
+    scores: NDArray[np.floating],
+    image_ids: Sequence[int],
+    box_scores: Sequence[float] | None = None,
+    keypoint_score_threshold: float = 0.2,
+) -> list[dict[str, Any]]:
+    """COCO results from decoded keypoints [N, K, 2] and their scores [N, K].
+
+    Instance score = box score x mean of the keypoint scores above ``keypoint_score_threshold`` (SimpleBaseline's
+    rescoring; the mean of all scores if none is above)."""
+    coords = np.asarray(coords, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    results = []
+    for i, image_id in enumerate(image_ids):
+        s = scores[i]
+        good = s[s > keypoint_score_threshold]
+        quality = float(good.mean()) if good.size else float(s.mean())
+        box = 1.0 if box_scores is None else float(box_scores[i])
+        kps = np.concatenate([coords[i], s[:, None]], axis=1).reshape(-1)
+        results.append({"image_id": int(image_id), "category_id": 1, "keypoints": [round(float(v), 3) for v in kps],
+                        "score": box * quality})  # fmt: skip
+    return results
+
+
+def write_results(path: str | Path, results: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f)
+
+
+def _oks(a: NDArray[np.float64], others: NDArray[np.float64], area: float, sigmas: NDArray[np.float64]) -> NDArray[Any]:
+    var = (2 * sigmas) ** 2
+    d2 = ((others[:, :, :2] - a[None, :, :2]) ** 2).sum(axis=2)
+    e = d2 / var[None, :] / (max(area, 1e-9) * 2)
+    return np.exp(-e).mean(axis=1)  # type: ignore[no-any-return]
+
+
+def oks_nms(
+    results: list[dict[str, Any]], threshold: float = 0.9, sigmas: Sequence[float] = COCO_OKS_SIGMAS
+) -> list[dict[str, Any]]:
+    """Per image, greedily keep the highest-scoring pose and drop poses whose OKS with it exceeds ``threshold``
+    (duplicates from overlapping detection boxes). The OKS scale is the area of the kept pose's keypoint box."""
+    s = np.asarray(sigmas, dtype=np.float64)
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    kept: list[dict[str, Any]] = []
+    for rs in by_image.values():
+        rs = sorted(rs, key=lambda r: -r["score"])
+        kps = np.array([r["keypoints"] for r in rs], dtype=np.float64).reshape(len(rs), -1, 3)
+        alive = np.ones(len(rs), dtype=bool)
+        for i in range(len(rs)):
+            if not alive[i]:
+                continue
+            kept.append(rs[i])
+            rest = np.nonzero(alive)[0]
+            rest = rest[rest > i]
+            if rest.size:
+                span = kps[i, :, :2].max(axis=0) - kps[i, :, :2].min(axis=0)
+                oks = _oks(kps[i], kps[rest], float(span[0] * span[1]), s)
+                alive[rest[oks > threshold]] = False
+    return kept
+
+
+def coco_keypoint_eval(
+    ground_truth: str | Path | dict[str, Any],
+    results: list[dict[str, Any]],
+    sigmas: Sequence[float] = COCO_OKS_SIGMAS,
+) -> dict[str, float]:
+    """COCO keypoint AP/AR (OKS) of ``results`` against a COCO keypoint annotation file or dict, via pycocotools.
+
+    Returns AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl as fractions in [0, 1]."""
+    if not results:
+        logger.warning("no keypoint results to evaluate: AP and AR are 0")
+        return dict.fromkeys(COCO_KEYPOINT_METRICS, 0.0)
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # pycocotools prints its progress and tables
+        if isinstance(ground_truth, dict):
+            gt = COCO()
+            gt.dataset = ground_truth
+            gt.createIndex()
+        else:
+            gt = COCO(str(ground_truth))
+        known = set(gt.getImgIds())
+        unknown = {r["image_id"] for r in results} - known
+        if unknown:
+            raise ValueError(f"results name image ids absent from the ground truth: {sorted(unknown)[:10]}")
+        dt = gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
+        ev = COCOeval(gt, dt, "keypoints")
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    logger.debug("pycocotools:\n%s", stdout.getvalue())
+    return {name: float(v) for name, v in zip(COCO_KEYPOINT_METRICS, ev.stats[: len(COCO_KEYPOINT_METRICS)], strict=True)}
+
+
+@torch.no_grad()
+def predict_pose(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    flip_pairs: Sequence[Sequence[int]],
+    flip_test: bool = True,
+    refine: str = "dark",
+    sigma: float = 2.0,
+) -> dict[str, NDArray[Any]]:
+    """Run a pose network over a top-down loader (batches with "image", "center", "scale", "rotation", "image_id",
+    "score"); returns coords [N, K, 2] in image pixels, scores [N, K], image_ids [N], box_scores [N].
+
+    Flip test: the horizontally flipped crop's heatmaps are mirrored back, their left/right channels swapped, and
+    averaged with the plain ones (exact alignment in the pixel-center convention of models.keypoints)."""
+    model.eval()
+    pairs = [tuple(p) for p in flip_pairs]
+    perm = list(range(0))
+    out: dict[str, list[NDArray[Any]]] = {"coords": [], "scores": [], "image_ids": [], "box_scores": []}
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        heatmaps = model(images).float()
+        if flip_test:
+            flipped = model(torch.flip(images, dims=[3])).float()
+            if not perm:
+                perm = list(range(heatmaps.shape[1]))
+                for a, b in pairs:
+                    perm[a], perm[b] = b, a
+            heatmaps = 0.5 * (heatmaps + torch.flip(flipped, dims=[3])[:, perm])
+        coords, scores = decode_heatmaps(
+            heatmaps.cpu().numpy(), batch["center"].numpy(), batch["scale"].numpy(),
+            rotations=batch["rotation"].numpy(), refine=refine, sigma=sigma,
+        )  # fmt: skip
+        out["coords"].append(coords)
+        out["scores"].append(scores)
+        out["image_ids"].append(batch["image_id"].numpy())
+        out["box_scores"].append(batch["score"].numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
+
+
+def evaluate_pose(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    ground_truth: str | Path | dict[str, Any],
+    flip_pairs: Sequence[Sequence[int]],
+    flip_test: bool = True,
+    refine: str = "dark",
+    sigma: float = 2.0,
+    oks_nms_threshold: float | None = 0.9,
+    keypoint_score_threshold: float = 0.2,
+    results_path: str | Path | None = None,
+) -> dict[str, float]:
+    """Predict, gather across processes, write COCO results (rank 0) and score them with pycocotools."""
+    pred = predict_pose(model, loader, device, flip_pairs, flip_test, refine, sigma)
+    results = keypoint_results(pred["coords"], pred["scores"], pred["image_ids"].tolist(),
+                               pred["box_scores"].tolist(), keypoint_score_threshold)  # fmt: skip
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        gathered: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    metrics: dict[str, float] = {}
+    if not distributed or dist.get_rank() == 0:
+        if oks_nms_threshold is not None:
+            results = oks_nms(results, oks_nms_threshold)
+        if results_path is not None:
+            write_results(results_path, results)
+        metrics = coco_keypoint_eval(ground_truth, results)
+        metrics["num_results"] = float(len(results))
+    if distributed:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics
