@@ -42,6 +42,7 @@ class _Job:
     enqueued_at: float
     outputs: list[np.ndarray | None] = field(default_factory=list)
     remaining: int = 0
+    queued: int = 0  # items still waiting in the queue
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
     cancelled: bool = False
@@ -75,6 +76,7 @@ class MicroBatcher:
         self._executor = executor
         self._metrics = metrics
         self._pending: deque[tuple[_Job, int]] = deque()
+        self._live = 0  # waiting items of requests that still want them
         self._wakeup = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -83,7 +85,7 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        return self._live
 
     def start(self) -> None:
         if self._task is None:
@@ -125,14 +127,19 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(items=items, future=loop.create_future(), enqueued_at=time.perf_counter())
         job.outputs = [None] * n
-        job.remaining = n
+        job.remaining = job.queued = n
         self._pending.extend((job, i) for i in range(n))
+        self._live += n
         self._metrics.queue_depth.labels(model=self.model).set(self.depth)
         self._wakeup.set()
         try:
             return await job.future
         except asyncio.CancelledError:
+            # The request is gone (deadline or disconnect): its waiting items no longer count against the bound.
             job.cancelled = True
+            self._live -= job.queued
+            job.queued = 0
+            self._metrics.queue_depth.labels(model=self.model).set(self.depth)
             raise
 
     def _take_batch(self) -> list[tuple[_Job, int]]:
@@ -140,13 +147,15 @@ class MicroBatcher:
         while self._pending and len(batch) < self.max_batch_size:
             job, i = self._pending.popleft()
             if not job.cancelled:
+                job.queued -= 1
+                self._live -= 1
                 batch.append((job, i))
         self._metrics.queue_depth.labels(model=self.model).set(self.depth)
         return batch
 
     async def _wait_to_fill(self) -> None:
         deadline = self._pending[0][0].enqueued_at + self.max_wait_s
-        while not self._closed and len(self._pending) < self.max_batch_size:
+        while not self._closed and self._live < self.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

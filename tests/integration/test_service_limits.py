@@ -1,0 +1,133 @@
+"""The service's limits on a real uvicorn server: overload answers 503 with Retry-After, a request past its deadline
+answers 504, and SIGTERM finishes every accepted request before the process exits."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.process import ServiceProcess
+
+MODEL = "sbpn-r18"
+
+
+def jpeg() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def post_pose(url: str, boxes: list[list[float]]) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=120) as c:
+        return c.post("/v1/pose", files={"image": ("x.jpg", jpeg(), "image/jpeg")}, data={"boxes": json.dumps(boxes)})
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One crop per network call, at most 6 crops queued, a 0.25 s deadline: a network call of sbpn-r18 in the
+    float-simulated torch backend takes about 0.1 s here, so six crops cannot finish in time."""
+    env = {
+        "BINPOSE_MODELS": MODEL,
+        "BINPOSE_BACKEND": "torch",
+        "BINPOSE_MAX_BATCH_SIZE": "1",
+        "BINPOSE_QUEUE_SIZE": "6",
+        "BINPOSE_REQUEST_TIMEOUT_S": "0.25",
+    }
+    log = tmp_path_factory.mktemp("tight") / "server.log"
+    with ServiceProcess(env=env, log_path=log) as proc:
+        yield proc
+
+
+def test_overload_answers_503_with_retry_after(tight_server: ServiceProcess) -> None:
+    box = [[100.0, 50.0, 300.0, 450.0]]
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: post_pose(tight_server.url, box), range(24)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503, 504}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, f"24 concurrent requests against a queue of 6 were all accepted: {statuses}"
+    for r in refused:
+        assert r.json()["error"]["code"] == "overloaded"
+        assert int(r.headers["retry-after"]) >= 1
+    assert metric(tight_server.url, "binpose_rejected_requests_total", model=MODEL, reason="overload") >= len(refused)
+    assert tight_server.get("/readyz")[0] == 200
+
+
+def test_deadline_answers_504_and_server_keeps_serving(tight_server: ServiceProcess) -> None:
+    boxes = [[10.0 * i, 20.0, 10.0 * i + 200, 420.0] for i in range(6)]
+    deadline = time.monotonic() + 30
+    while metric(tight_server.url, "binpose_queue_depth", model=MODEL) > 0:  # earlier tests' work drains first
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = post_pose(tight_server.url, boxes)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "timeout"
+    assert metric(tight_server.url, "binpose_rejected_requests_total", model=MODEL, reason="timeout") >= 1
+    assert tight_server.get("/healthz")[0] == 200
+
+
+def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_LOG_LEVEL": "info"}
+    server = ServiceProcess(env=env, log_path=tmp_path / "server.log").start()
+    try:
+        boxes = [[100.0, 50.0, 300.0, 450.0], [300.0, 40.0, 500.0, 470.0], [0.0, 0.0, 200.0, 300.0]]
+        n = 6
+        results: list[httpx.Response | BaseException] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            try:
+                r: httpx.Response | BaseException = post_pose(server.url, boxes)
+            except BaseException as exc:  # recorded, then asserted below
+                r = exc
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=client) for _ in range(n)]
+        for t in threads:
+            t.start()
+        # Wait until the server has accepted all of them (18 crops at 2 per call keep it busy for a while).
+        deadline = time.monotonic() + 30
+        while metric(server.url, "binpose_requests_in_flight", endpoint="/v1/pose") < n:
+            assert time.monotonic() < deadline, "the requests were never all in flight"
+            time.sleep(0.02)
+        server.proc.send_signal(15)  # type: ignore[union-attr]
+        time.sleep(0.3)
+        # No new connections once shutdown has begun...
+        assert server.get("/healthz", timeout_s=2)[0] == 0
+        for t in threads:
+            t.join(timeout=120)
+        # ...and every accepted request got its full answer.
+        assert len(results) == n
+        for r in results:
+            assert isinstance(r, httpx.Response), repr(r)
+            assert r.status_code == 200, r.text
+            persons = r.json()["persons"]
+            assert len(persons) == 3 and all(len(p["keypoints"]) == 17 for p in persons)
+        # uvicorn re-raises SIGTERM once its graceful shutdown is done, so the exit status is -15 (or 0).
+        assert server.terminate(timeout_s=60) in (0, -15)
+        log = server.log_text()
+        assert "Finished server process" in log and "shutdown complete" in log, log[-3000:]
+    finally:
+        server.stop()
