@@ -1,0 +1,71 @@
+"""The demo page in headless Chromium against a real server: it lists the model with its OPs, runs the built-in
+synthetic sample through /v1/pose, draws the result and shows the latency. The screenshot is kept in the test's tmp
+folder and its path printed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.process import ServiceProcess
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Virtual time runs the page's scripts and fetches to completion before the DOM is dumped or the shot taken.
+    "--virtual-time-budget=30000",
+]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        message = "headless Chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + "; CI must run the demo page test")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    env = {"BINPOSE_MODELS": "sbpn-r18", "BINPOSE_BACKEND": "torch"}
+    with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("demo") / "server.log") as proc:
+        yield proc
+
+
+def run_chromium(binary: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_demo_page_runs_the_sample_in_chromium(server: ServiceProcess, tmp_path: Path) -> None:
+    binary = chromium()
+    url = f"{server.url}/?sample=1"
+    dom = run_chromium(binary, tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert 'data-state="done"' in html, html[-3000:]
+    assert "1 person(s), 17 keypoints each" in html
+    ops = server.get_json("/v1/models/sbpn-r18")["ops"]  # type: ignore[index]
+    shown = f"{ops / 1e9:.2f} G" if ops >= 1e9 else f"{ops / 1e6:.1f} M"
+    assert "sbpn-r18 (pose)" in html and f"OPs {shown}" in html  # the model and its OPs
+    assert "server total" in html and "ms</td>" in html  # the latency
+
+    shot = tmp_path / "demo-page.png"
+    result = run_chromium(binary, tmp_path, "--window-size=1280,900", f"--screenshot={shot}", url)
+    assert result.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000, result.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"demo page screenshot: {shot}")
