@@ -37,6 +37,7 @@ class LoadOptions:
     cache_dir: Path | None = None
     threads: int = 0
     seed: int = 0
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # models.build overrides per model
 
 
 @dataclass
@@ -186,23 +187,26 @@ def build_torch_module(name: str, options: LoadOptions) -> tuple[Any, Any, str |
     if name not in models.list_models():
         raise ValueError(f"unknown model {name!r}; registered: {models.list_models()}")
     _set_torch_threads(options.threads)
-    torch.manual_seed(options.seed)
-    module = models.build(name)
     ckpt = options.weights_dir / f"{name}.pt"
-    provenance: Any = "random-init"
+    overrides = dict(options.overrides.get(name, {}))
+    provenance: Any = "random-init" + (f" {overrides}" if overrides else "")
     sha: str | None = None
     path: str | None = None
+    state: Any = None
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if isinstance(state, dict):
-            for key in ("state_dict", "model", "model_state"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-        module.load_state_dict(state)
-        entry = _manifest_entry(name, options)
-        provenance = entry.get("provenance", f"checkpoint {ckpt.name}")
+        # A training checkpoint: {"model", "overrides", "state_dict"}, read without unpickling code.
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+            overrides = {**dict(checkpoint.get("overrides") or {}), **overrides}
+            state = checkpoint["state_dict"]
+        else:
+            state = checkpoint
+        provenance = _manifest_entry(name, options).get("provenance", f"checkpoint {ckpt.name}")
         sha, path = file_sha256(ckpt), str(ckpt)
+    torch.manual_seed(options.seed)
+    module = models.build(name, **overrides)
+    if state is not None:
+        module.load_state_dict(state)
     module.eval()
     return module, provenance, sha, path
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default=Path("weights"), description="where NAME.bnn, NAME.pt, NAME.onnx and manifest.json live"
     )
     cache_dir: Path | None = Field(default=None, description="where ONNX exports are written; a temporary folder if unset")
+    model_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="models.build overrides per model for the torch and onnx backends, as JSON, e.g. "
+        '{"sbpn-r18": {"binary": false}} serves the float twin',
+    )
     seed: int = Field(default=0, description="seed of random-init weights when a model has no bundled weights")
 
     max_batch_size: int = Field(default=16, ge=1, le=1024, description="most crops/images per network call")

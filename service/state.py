@@ -44,7 +44,9 @@ class ServiceState:
     async def _load_all(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.settings
-        options = LoadOptions(weights_dir=s.weights_dir, cache_dir=s.cache_dir, threads=s.threads, seed=s.seed)
+        options = LoadOptions(
+            weights_dir=s.weights_dir, cache_dir=s.cache_dir, threads=s.threads, seed=s.seed, overrides=s.model_overrides
+        )
         try:
             for name in s.models:
                 self.loading = name

@@ -40,7 +40,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    env = {"BINPOSE_MODELS": "sbpn-r18", "BINPOSE_BACKEND": "torch"}
+    env = {"BINPOSE_MODELS": "sbpn-r18", "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "4"}
     with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("demo") / "server.log") as proc:
         yield proc
 
@@ -54,9 +54,13 @@ def run_chromium(binary: str, tmp_path: Path, *args: str) -> subprocess.Complete
 def test_demo_page_runs_the_sample_in_chromium(server: ServiceProcess, tmp_path: Path) -> None:
     binary = chromium()
     url = f"{server.url}/?sample=1"
-    dom = run_chromium(binary, tmp_path, "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
+    # Virtual time does not wait for a slow answer on a busy machine: try again rather than fail on load.
+    for _ in range(3):
+        dom = run_chromium(binary, tmp_path, "--dump-dom", url)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        if 'data-state="running"' not in html:
+            break
     assert 'data-state="done"' in html, html[-3000:]
     assert "1 person(s), 17 keypoints each" in html
     ops = server.get_json("/v1/models/sbpn-r18")["ops"]  # type: ignore[index]
