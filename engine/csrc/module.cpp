@@ -1,52 +1,230 @@
 // Python bindings of the packed-binary engine. Arrays cross as numpy arrays (C-contiguous); no torch here.
+// The typed, documented Python API is engine/kernels.py; this module is its thin native layer.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <cstring>
+#include <optional>
 #include <stdexcept>
+#include <string>
 
+#include "bconv.h"
 #include "bitpack.h"
+#include "dispatch.h"
+#include "threadpool.h"
 
 namespace nb = nanobind;
 
 namespace {
 
-using FloatMatrix = nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
-using WordMatrix = nb::ndarray<const std::uint64_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+template <typename T, std::size_t D>
+using In = nb::ndarray<const T, nb::ndim<D>, nb::c_contig, nb::device::cpu>;
+template <typename T, std::size_t D>
+using Out = nb::ndarray<nb::numpy, T, nb::ndim<D>>;
+using Vec = In<float, 1>;
+using FloatMatrix = In<float, 2>;
+using WordMatrix = In<std::uint64_t, 2>;
 
-nb::ndarray<nb::numpy, std::uint64_t, nb::ndim<2>> py_pack_signs(FloatMatrix x) {
-  const std::size_t rows = x.shape(0), n = x.shape(1);
-  const std::size_t words = binpose::words_for_bits(n);
-  auto* out = new std::uint64_t[rows * words];
-  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<std::uint64_t*>(p); });
-  {
-    nb::gil_scoped_release release;
-    binpose::pack_signs(x.data(), rows, n, out);
-  }
-  return nb::ndarray<nb::numpy, std::uint64_t, nb::ndim<2>>(out, {rows, words}, owner);
+template <typename T, std::size_t D>
+Out<T, D> new_array(const std::size_t (&shape)[D], bool zero = false) {
+  std::size_t total = 1;
+  for (std::size_t s : shape) total *= s;
+  T* data = new T[total > 0 ? total : 1];
+  if (zero) std::memset(data, 0, sizeof(T) * total);
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return Out<T, D>(data, D, shape, owner);
 }
 
-nb::ndarray<nb::numpy, float, nb::ndim<2>> py_unpack_signs(WordMatrix bits, std::size_t n) {
-  const std::size_t rows = bits.shape(0);
-  if (bits.shape(1) != binpose::words_for_bits(n)) {
-    throw std::invalid_argument("unpack_signs: expected ceil(n / 64) words per row for n = " + std::to_string(n) +
-                                ", got " + std::to_string(bits.shape(1)));
-  }
-  auto* out = new float[rows * n];
-  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+std::string str(std::size_t v) { return std::to_string(v); }
+
+Out<std::uint64_t, 2> py_pack_signs(FloatMatrix x) {
+  const std::size_t rows = x.shape(0), n = x.shape(1);
+  auto out = new_array<std::uint64_t, 2>({rows, binpose::words_for_bits(n)});
   {
     nb::gil_scoped_release release;
-    binpose::unpack_signs(bits.data(), rows, n, out);
+    binpose::pack_signs(x.data(), rows, n, out.data());
   }
-  return nb::ndarray<nb::numpy, float, nb::ndim<2>>(out, {rows, n}, owner);
+  return out;
+}
+
+Out<float, 2> py_unpack_signs(WordMatrix bits, std::size_t n) {
+  const std::size_t rows = bits.shape(0);
+  if (bits.shape(1) != binpose::words_for_bits(n)) {
+    throw std::invalid_argument("unpack_signs: expected ceil(n / 64) words per row for n = " + str(n) + ", got " +
+                                str(bits.shape(1)));
+  }
+  auto out = new_array<float, 2>({rows, n});
+  {
+    nb::gil_scoped_release release;
+    binpose::unpack_signs(bits.data(), rows, n, out.data());
+  }
+  return out;
+}
+
+Out<std::uint32_t, 4> py_pack_activations(In<float, 4> x, std::optional<Vec> thr) {
+  const std::size_t N = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3);
+  if (C == 0) throw std::invalid_argument("pack_activations: need at least one channel");
+  if (thr && thr->shape(0) != C)
+    throw std::invalid_argument("pack_activations: threshold has " + str(thr->shape(0)) + " entries, input has " +
+                                str(C) + " channels");
+  auto out = new_array<std::uint32_t, 4>({N, H, W, binpose::words32_for_bits(C)});
+  {
+    nb::gil_scoped_release release;
+    binpose::pack_activations(x.data(), static_cast<std::int64_t>(N * H * W), static_cast<int>(C),
+                              thr ? thr->data() : nullptr, out.data());
+  }
+  return out;
+}
+
+Out<float, 4> py_unpack_activations(In<std::uint32_t, 4> bits, std::size_t C) {
+  const std::size_t N = bits.shape(0), H = bits.shape(1), W = bits.shape(2), ws = bits.shape(3);
+  if (ws < binpose::words32_for_bits(C))
+    throw std::invalid_argument("unpack_activations: " + str(ws) + " words per pixel cannot hold " + str(C) + " channels");
+  auto out = new_array<float, 4>({N, H, W, C});
+  {
+    nb::gil_scoped_release release;
+    binpose::unpack_rows(bits.data(), N * H * W, C, ws, out.data());
+  }
+  return out;
+}
+
+Out<std::uint32_t, 4> py_pack_weights(In<float, 4> w) {
+  const std::size_t O = w.shape(0), I = w.shape(1), KH = w.shape(2), KW = w.shape(3);
+  if (O == 0 || I == 0 || KH == 0 || KW == 0) throw std::invalid_argument("pack_weights: empty weight");
+  auto out = new_array<std::uint32_t, 4>({O, KH, KW, binpose::words32_for_bits(I)});
+  {
+    nb::gil_scoped_release release;
+    binpose::pack_weights_oihw(w.data(), static_cast<int>(O), static_cast<int>(I), static_cast<int>(KH),
+                               static_cast<int>(KW), out.data());
+  }
+  return out;
+}
+
+binpose::ConvWeights* make_weights(In<std::uint32_t, 4> bits, int in_per_group, int groups) {
+  if (in_per_group <= 0) throw std::invalid_argument("ConvWeights: in_channels_per_group must be positive");
+  if (bits.shape(3) != binpose::words32_for_bits(in_per_group))
+    throw std::invalid_argument("ConvWeights: bits must have ceil(in_channels_per_group / 32) = " +
+                                str(binpose::words32_for_bits(in_per_group)) + " words per tap, got " +
+                                str(bits.shape(3)));
+  return new binpose::ConvWeights(bits.data(), static_cast<int>(bits.shape(0)), in_per_group,
+                                  static_cast<int>(bits.shape(1)), static_cast<int>(bits.shape(2)), groups);
+}
+
+const float* vec_or_throw(const std::optional<Vec>& v, std::size_t n, const char* name, bool required) {
+  if (!v) {
+    if (required) throw std::invalid_argument(std::string("bconv2d: ") + name + " is required for this activation");
+    return nullptr;
+  }
+  if (v->shape(0) != n)
+    throw std::invalid_argument(std::string("bconv2d: ") + name + " must have one entry per output channel (" + str(n) +
+                                "), got " + str(v->shape(0)));
+  return v->data();
+}
+
+nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::ConvWeights& w, std::vector<int> stride,
+                     std::vector<int> padding, std::vector<int> dilation, Vec scale, Vec shift,
+                     std::optional<In<float, 4>> residual, int act, std::optional<Vec> slope,
+                     std::optional<Vec> gamma, std::optional<Vec> zeta, std::optional<Vec> next_threshold,
+                     bool want_float, bool want_bits) {
+  if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+    throw std::invalid_argument("bconv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
+  if (!want_float && !want_bits) throw std::invalid_argument("bconv2d: ask for float output, bits, or both");
+  binpose::ConvGeometry g;
+  g.N = static_cast<int>(x.shape(0));
+  g.H = static_cast<int>(x.shape(1));
+  g.W = static_cast<int>(x.shape(2));
+  g.in_words = static_cast<int>(x.shape(3));
+  g.C = in_channels;
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_top = padding[0];
+  g.pad_left = padding[1];
+  g.pad_bottom = padding[2];
+  g.pad_right = padding[3];
+  g.dil_h = dilation[0];
+  g.dil_w = dilation[1];
+  binpose::conv_output_size(g, w);
+  const std::size_t O = static_cast<std::size_t>(w.out_channels);
+  const std::size_t N = g.N, OH = g.OH, OW = g.OW;
+
+  binpose::EpilogueParams e;
+  e.out_channels = w.out_channels;
+  e.scale = vec_or_throw(scale, O, "scale", true);
+  e.shift = vec_or_throw(shift, O, "shift", true);
+  if (residual) {
+    if (residual->shape(0) != N || residual->shape(1) != OH || residual->shape(2) != OW || residual->shape(3) != O)
+      throw std::invalid_argument("bconv2d: residual must be float32 NHWC of the output's shape (" + str(N) + ", " +
+                                  str(OH) + ", " + str(OW) + ", " + str(O) + ")");
+    e.residual = residual->data();
+  }
+  if (act < binpose::kActNone || act > binpose::kActRprelu) throw std::invalid_argument("bconv2d: unknown activation");
+  e.act = act;
+  e.slope = vec_or_throw(slope, O, "slope", act != binpose::kActNone);
+  e.gamma = vec_or_throw(gamma, O, "gamma", act == binpose::kActRprelu);
+  e.zeta = vec_or_throw(zeta, O, "zeta", act == binpose::kActRprelu);
+  e.next_thr = vec_or_throw(next_threshold, O, "next_threshold", false);
+  e.bits_stride = static_cast<int>(binpose::words32_for_bits(O));
+
+  nb::object out_f = nb::none(), out_b = nb::none();
+  std::optional<Out<float, 4>> fo;
+  std::optional<Out<std::uint32_t, 4>> bo;
+  if (want_float) {
+    fo = new_array<float, 4>({N, OH, OW, O});
+    e.out = fo->data();
+  }
+  if (want_bits) {
+    bo = new_array<std::uint32_t, 4>({N, OH, OW, static_cast<std::size_t>(e.bits_stride)}, true);
+    e.out_bits = bo->data();
+  }
+  {
+    nb::gil_scoped_release release;
+    binpose::bconv2d(x.data(), g, w, e);
+  }
+  if (fo) out_f = nb::cast(*fo);
+  if (bo) out_b = nb::cast(*bo);
+  return nb::make_tuple(out_f, out_b);
 }
 
 }  // namespace
 
 NB_MODULE(_native, m) {
-  m.doc() = "binpose packed-binary engine (C++ core)";
+  m.doc() = "binpose packed-binary engine (C++ core); use engine.kernels for the documented Python API";
   m.def("pack_signs", &py_pack_signs, nb::arg("x"),
         "Pack each row of a float32 matrix into sign bits (bit 1 = negative), 64 per uint64 word.");
   m.def("unpack_signs", &py_unpack_signs, nb::arg("bits"), nb::arg("n"),
         "Inverse of pack_signs: uint64 words -> float32 +1/-1 matrix with n columns.");
+  m.def("pack_activations", &py_pack_activations, nb::arg("x"), nb::arg("threshold").none() = nb::none(),
+        "float32 NHWC -> uint32 [N, H, W, ceil(C/32)] bits, bit = (x + threshold[c]) < 0.");
+  m.def("unpack_activations", &py_unpack_activations, nb::arg("bits"), nb::arg("channels"),
+        "uint32 [N, H, W, words] bits -> float32 NHWC of +1/-1 with `channels` channels.");
+  m.def("pack_weights", &py_pack_weights, nb::arg("weight"),
+        "float32 OIHW -> uint32 [O, KH, KW, ceil(I/32)] sign bits (OHWI order, bit = w < 0).");
+  nb::class_<binpose::ConvWeights>(m, "ConvWeights")
+      .def("__init__",
+           [](binpose::ConvWeights* self, In<std::uint32_t, 4> bits, int in_per_group, int groups) {
+             binpose::ConvWeights* tmp = make_weights(bits, in_per_group, groups);
+             new (self) binpose::ConvWeights(std::move(*tmp));
+             delete tmp;
+           },
+           nb::arg("bits"), nb::arg("in_channels_per_group"), nb::arg("groups") = 1)
+      .def_ro("out_channels", &binpose::ConvWeights::out_channels)
+      .def_ro("in_channels_per_group", &binpose::ConvWeights::in_per_group)
+      .def_ro("kernel_h", &binpose::ConvWeights::kh)
+      .def_ro("kernel_w", &binpose::ConvWeights::kw)
+      .def_ro("groups", &binpose::ConvWeights::groups);
+  m.def("bconv2d", &py_bconv2d, nb::arg("x"), nb::arg("in_channels"), nb::arg("weights"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("dilation"), nb::arg("scale"), nb::arg("shift"),
+        nb::arg("residual").none() = nb::none(), nb::arg("act") = 0, nb::arg("slope").none() = nb::none(),
+        nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
+        nb::arg("next_threshold").none() = nb::none(), nb::arg("want_float") = true, nb::arg("want_bits") = false,
+        "Packed binary conv2d with the fused epilogue; returns (float NHWC or None, uint32 bits or None).");
+  m.def("available_isas", &binpose::available_isas, "ISAs usable on this CPU and build, best first.");
+  m.def("active_isa", [] { return std::string(binpose::active_isa().name); }, "The ISA the kernels use now.");
+  m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (avx512 | avx2 | scalar).");
+  m.def("get_num_threads", &binpose::get_threads, "Threads of the kernel pool (including the caller).");
+  m.def("set_num_threads", &binpose::set_threads, nb::arg("n"), "Resize the kernel pool (n >= 1).");
 }

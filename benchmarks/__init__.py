@@ -1,0 +1,1 @@
+"""Kernel, model and service benchmarks; results go to benchmarks/results/."""

@@ -1,0 +1,233 @@
+"""Binary 3x3 conv layers vs torch FP32 conv2d of the same shape, batch 1, at 1 and 2 threads.
+
+Run: ``.venv/bin/python -m benchmarks.bench_layers [--threads 1 2] [--min-time 0.3] [--shapes resnet18]``.
+Writes benchmarks/results/layers.json and layers.md. The binary time is ``engine.kernels.bconv2d`` from packed
+input bits to float NHWC output with the per-channel scale/shift epilogue; the packing of the input is timed
+separately ("pack" column) since in a network it is fused into the previous layer's epilogue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import kernels
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Shape:
+    group: str
+    name: str
+    h: int  # input height
+    w: int  # input width
+    cin: int
+    cout: int
+    stride: int
+
+
+SHAPES = [
+    Shape("resnet18", "56x56 64->64", 56, 56, 64, 64, 1),
+    Shape("resnet18", "28x28 64->128 s2", 56, 56, 64, 128, 2),
+    Shape("resnet18", "28x28 128->128", 28, 28, 128, 128, 1),
+    Shape("resnet18", "14x14 128->256 s2", 28, 28, 128, 256, 2),
+    Shape("resnet18", "14x14 256->256", 14, 14, 256, 256, 1),
+    Shape("resnet18", "7x7 256->512 s2", 14, 14, 256, 512, 2),
+    Shape("resnet18", "7x7 512->512", 7, 7, 512, 512, 1),
+    Shape("simplebaseline", "16x12 512->256", 16, 12, 512, 256, 1),
+    Shape("simplebaseline", "32x24 256->256", 32, 24, 256, 256, 1),
+    Shape("simplebaseline", "64x48 256->256", 64, 48, 256, 256, 1),
+    Shape("hrnet-w32", "64x48 32->32", 64, 48, 32, 32, 1),
+    Shape("hrnet-w32", "32x24 64->64", 32, 24, 64, 64, 1),
+    Shape("hrnet-w32", "16x12 128->128", 16, 12, 128, 128, 1),
+    Shape("hrnet-w32", "8x6 256->256", 8, 6, 256, 256, 1),
+]
+
+
+def bench(fn: Callable[[], object], min_time: float, threads: int) -> float:
+    """Seconds per call, robust to other processes sharing the cores.
+
+    1 thread: median of the calling thread's CPU time per call (all work runs on it; time spent descheduled by
+    other processes is not counted). More threads: minimum wall time per call over 7 batches.
+    """
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    reps = max(1, int(min_time / 7 / one))
+    samples = []
+    for _ in range(7):
+        t0 = clock()
+        for _ in range(reps):
+            fn()
+        samples.append((clock() - t0) / reps)
+    return statistics.median(samples) if threads == 1 else min(samples)
+
+
+def try_openvino() -> Callable[[Shape, int], Callable[[], object]] | None:
+    try:
+        import openvino as ov  # type: ignore[import-not-found]
+        import openvino.runtime.opset13 as ops  # type: ignore[import-not-found]
+    except Exception:
+        return None
+    core = ov.Core()
+
+    def make(s: Shape, threads: int) -> Callable[[], object]:
+        x = ops.parameter([1, s.cin, s.h, s.w], np.float32)
+        w = ops.constant(np.sign(np.random.randn(s.cout, s.cin, 3, 3)).astype(np.float32))
+        y = ops.binary_convolution(x, w, [s.stride] * 2, [1, 1], [1, 1], [1, 1], "xnor-popcount", 0.0)
+        model = ov.Model([y], [x])
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        req = compiled.create_infer_request()
+        inp = np.random.randn(1, s.cin, s.h, s.w).astype(np.float32)
+        return lambda: req.infer([inp])
+
+    return make
+
+
+def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> list[dict[str, object]]:
+    rng = np.random.default_rng(0)
+    ov_make = try_openvino()
+    rows: list[dict[str, object]] = []
+    for threads in threads_list:
+        kernels.set_num_threads(threads)
+        torch.set_num_threads(threads)
+        for s in SHAPES:
+            if groups and s.group not in groups:
+                continue
+            x = rng.standard_normal((1, s.h, s.w, s.cin), dtype=np.float32)
+            wf = rng.standard_normal((s.cout, s.cin, 3, 3), dtype=np.float32)
+            pw = kernels.PackedConvWeights.from_float(wf)
+            px = kernels.pack_activations(x)
+            scale = rng.random(s.cout, dtype=np.float32)
+            shift = rng.standard_normal(s.cout, dtype=np.float32)
+            oh, ow = kernels.conv_output_shape((s.h, s.w), pw, s.stride, 1)
+            macs = oh * ow * s.cout * s.cin * 9
+
+            def binary(
+                px: kernels.PackedActivations = px,
+                pw: kernels.PackedConvWeights = pw,
+                st: int = s.stride,
+                sc: np.ndarray = scale,
+                sh: np.ndarray = shift,
+            ) -> object:
+                return kernels.bconv2d(px, pw, stride=st, padding=1, scale=sc, shift=sh)
+
+            def binary_bits(
+                px: kernels.PackedActivations = px,
+                pw: kernels.PackedConvWeights = pw,
+                st: int = s.stride,
+                sc: np.ndarray = scale,
+                sh: np.ndarray = shift,
+            ) -> object:
+                return kernels.bconv2d(px, pw, stride=st, padding=1, scale=sc, shift=sh, next_threshold=sh, want_float=False)
+
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+            wt = torch.from_numpy(wf)
+
+            def fp32(xt: torch.Tensor = xt, wt: torch.Tensor = wt, st: int = s.stride) -> object:
+                with torch.no_grad():
+                    return torch.nn.functional.conv2d(xt, wt, None, st, 1)
+
+            t_bin = bench(binary, min_time, threads)
+            t_bits = bench(binary_bits, min_time, threads)
+
+            def pack(x: np.ndarray = x) -> object:
+                return kernels.pack_activations(x)
+
+            t_pack = bench(pack, min_time, threads)
+            t_torch = bench(fp32, min_time, threads)
+            row: dict[str, object] = {
+                **asdict(s),
+                "threads": threads,
+                "isa": kernels.active_isa(),
+                "out_hw": [oh, ow],
+                "binary_macs": macs,
+                "binary_ms": t_bin * 1e3,
+                "binary_bits_out_ms": t_bits * 1e3,
+                "pack_input_ms": t_pack * 1e3,
+                "torch_fp32_ms": t_torch * 1e3,
+                "binary_gmacs": macs / t_bin / 1e9,
+                "torch_gmacs": macs / t_torch / 1e9,
+                "speedup": t_torch / t_bin,
+            }
+            if ov_make is not None:
+                t_ov = bench(ov_make(s, threads), min_time, threads)
+                row["openvino_binary_ms"] = t_ov * 1e3
+                row["openvino_gmacs"] = macs / t_ov / 1e9
+            rows.append(row)
+            print(
+                f"[{threads}T] {s.group:15s} {s.name:20s} bin {t_bin * 1e3:7.3f} ms ({macs / t_bin / 1e9:6.0f} GMAC/s)"
+                f"  bits-out {t_bits * 1e3:7.3f}  pack {t_pack * 1e3:6.3f}  torch {t_torch * 1e3:7.3f} ms"
+                f"  x{t_torch / t_bin:5.1f}",
+                flush=True,
+            )
+    return rows
+
+
+def to_markdown(rows: list[dict[str, object]], command: str) -> str:
+    has_ov = any("openvino_binary_ms" in r for r in rows)
+    head = (
+        "| threads | net | layer (output, cin->cout) | binary ms | binary GMAC/s | bits-out ms | pack ms "
+        "| torch FP32 ms | speed-up |" + (" OpenVINO ms |" if has_ov else "")
+    )
+    sep = "|" + "---|" * (9 + has_ov)
+    lines = [
+        f"Binary 3x3 convs (batch 1, padding 1) vs torch FP32 conv2d, same run. Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; ISA {rows[0]['isa'] if rows else '?'};"
+        f" torch {torch.__version__}.",
+        "Timing: 1 thread = median thread CPU time per call (robust to other processes on the 2 shared cores); "
+        "2 threads = best wall time of 7 batches.",
+        "binary ms: packed input -> float NHWC output with scale/shift epilogue; bits-out ms: same but writing the "
+        "next layer's packed bits only; pack ms: packing the float input (fused into the previous epilogue in a "
+        "network).",
+        "",
+        head,
+        sep,
+    ]
+    for r in rows:
+        line = (
+            f"| {r['threads']} | {r['group']} | {r['name']} | {r['binary_ms']:.3f} | {r['binary_gmacs']:.0f} "
+            f"| {r['binary_bits_out_ms']:.3f} | {r['pack_input_ms']:.3f} | {r['torch_fp32_ms']:.3f} "
+            f"| {r['speedup']:.1f}x |"
+        )
+        if has_ov:
+            line += f" {r['openvino_binary_ms']:.3f} |" if "openvino_binary_ms" in r else " - |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
+    ap.add_argument("--shapes", nargs="*", default=None, help="only these groups (resnet18, simplebaseline, hrnet-w32)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    rows = run(args.threads, args.min_time, set(args.shapes) if args.shapes else None)
+    command = ".venv/bin/python -m benchmarks.bench_layers"
+    if args.threads != [1, 2]:
+        command += " --threads " + " ".join(map(str, args.threads))
+    if args.shapes:
+        command += " --shapes " + " ".join(args.shapes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "layers.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    md = to_markdown(rows, command)
+    (args.out / "layers.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+// Packed binary 2-D convolution: weights preparation and the driver (padding, loops, threads, border correction).
+//
+// Layouts (bit encoding of bitpack.h: bit 1 = -1):
+//   activations  NHWC bits: uint32 [N][H][W][ws], ws = ceil(C / 32); channel c -> bit c%32 of word c/32; tail zero.
+//   weights      canonical OHWI bits: uint32 [O][KH][KW][cwg], cwg = ceil(Cg / 32), Cg = C / groups; tail zero.
+// The result is exact: zero padding contributes 0 (padded taps are read as +1 and corrected per output channel).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "epilogue.h"
+
+namespace binpose {
+
+struct ConvWeights {
+  int out_channels = 0, in_per_group = 0, kh = 0, kw = 0, groups = 1;
+  int cwg = 0;        // words per tap
+  int oc_per_group = 0;
+  int blocks = 0;     // 16-channel blocks per group
+  std::vector<std::uint32_t> bits;     // canonical [O][KH][KW][cwg]
+  std::vector<std::uint32_t> blocked;  // [G][blocks][T][cwg][16]
+  std::vector<std::int32_t> tap_dot;   // [G][T][blocks * 16]: dot of a +1 (padded) tap = Cg - 2 popcount(w tap)
+
+  // Takes canonical bits (validated: tail bits must be zero) and builds the kernel layouts.
+  ConvWeights(const std::uint32_t* canonical, int out_channels, int in_per_group, int kh, int kw, int groups);
+  int taps() const { return kh * kw; }
+};
+
+// Packs float OIHW weights by sign (w < 0 -> 1) into canonical [O][KH][KW][ceil(I/32)] bits.
+void pack_weights_oihw(const float* w, int O, int I, int KH, int KW, std::uint32_t* out);
+
+// Packs NHWC floats of `pixels` pixels x C channels: bit = (x + thr[c]) < 0 (thr may be null). Multithreaded.
+void pack_activations(const float* x, std::int64_t pixels, int C, const float* thr, std::uint32_t* out);
+
+struct ConvGeometry {
+  int N = 1, H = 0, W = 0, C = 0;  // input
+  int in_words = 0;                 // words per input pixel (>= ceil(C / 32))
+  int stride_h = 1, stride_w = 1;
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  int dil_h = 1, dil_w = 1;
+  int OH = 0, OW = 0;  // filled by conv_output_size
+};
+
+// Computes OH/OW; throws std::invalid_argument when the geometry is invalid.
+void conv_output_size(ConvGeometry& g, const ConvWeights& w);
+
+// Runs the convolution with the fused epilogue `e` (e.out / e.out_bits as requested; out_bits must be zeroed).
+void bconv2d(const std::uint32_t* input, const ConvGeometry& g, const ConvWeights& w, const EpilogueParams& e);
+
+}  // namespace binpose

@@ -1,0 +1,57 @@
+// Micro-kernel interface shared by every ISA (scalar, AVX2, AVX-512 VPOPCNTDQ) and the dispatch table.
+//
+// Data layouts the micro-kernels see (all bits use the engine's encoding: bit 0 = +1, bit 1 = -1):
+//   input   packed activations, one pixel = `cw` uint32 words (channel c -> bit c%32 of word c/32), tail bits zero.
+//           The driver hands the kernel P pixel base pointers plus T tap offsets (in words), so any kernel size,
+//           stride and dilation reduce to "pixel base + tap offset".
+//   weights blocked per 16 output channels: block b = [T][cw][16] uint32 words, word (t, k, lane) holds bits
+//           32k..32k+31 of tap t of output channel 16b + lane. Consecutive blocks are `w_block_stride` words apart.
+//   output  int32 popcount tile pop[p * ld + 16 b + lane] = popcount over all taps and words of (input XOR weight).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "epilogue.h"
+
+namespace binpose {
+
+constexpr int kLanes = 16;   // output channels per weight block
+constexpr int kMaxTile = 8;  // most output pixels one micro-kernel call covers
+
+struct MicroArgs {
+  const std::uint32_t* const* px;  // [P] pixel base pointers (tap offset 0)
+  const std::ptrdiff_t* tap_off;   // [T] word offsets of the taps relative to a pixel base
+  int taps;                        // T
+  int cw;                          // words per tap
+  const std::uint32_t* w;          // first weight block of the tile
+  std::ptrdiff_t w_block_stride;   // words between weight blocks
+  std::int32_t* pop;               // output tile
+  int ld;                          // row stride of `pop` (>= 16 * blocks)
+};
+
+// Computes a tile of `npix` pixels (1..kMaxTile) x `nblk` weight blocks (1..4).
+using MicroKernelFn = void (*)(const MicroArgs& a, int npix, int nblk);
+
+// Packs `rows` rows of `n` floats: bit = (x[i] + thr[i]) < 0 (thr may be null: bit = x[i] < 0), into
+// ceil(n / 32) words per row with row stride `out_stride` words. Tail bits are zero.
+using PackRowsFn = void (*)(const float* x, std::size_t rows, std::size_t n, std::size_t x_stride, const float* thr,
+                            std::uint32_t* out, std::size_t out_stride);
+
+struct IsaTable {
+  const char* name;
+  MicroKernelFn micro;
+  EpilogueFn epilogue;
+  PackRowsFn pack_rows;
+  int max_pixels[5];  // largest npix the micro-kernel accepts (and is tuned for), indexed by nblk (1..4)
+};
+
+// Per-ISA tables (defined only where the ISA's file is compiled).
+const IsaTable& isa_scalar();
+#if defined(BINPOSE_HAVE_AVX2)
+const IsaTable& isa_avx2();
+#endif
+#if defined(BINPOSE_HAVE_AVX512)
+const IsaTable& isa_avx512();
+#endif
+
+}  // namespace binpose

@@ -1,0 +1,133 @@
+// AVX-512 micro-kernel with VPOPCNTDQ (compiled only with -mavx512f -mavx512bw -mavx512vl -mavx512vpopcntdq -mfma).
+//
+// Register tile: P output pixels x B blocks of 16 output channels, one zmm accumulator each (P * B <= 24).
+// Inner step (one 32-bit word k of one tap t): load B weight vectors (16 channels x 32 bits), then for every pixel
+// broadcast its 32 input bits and do vpxord + vpopcntd + vpaddd into the B accumulators of that pixel.
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "bitpack.h"
+#include "kernels.h"
+
+namespace binpose {
+
+namespace {
+
+template <int P, int B>
+void micro_tile(const MicroArgs& a) {
+  __m512i acc[P][B];
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < B; ++b) acc[p][b] = _mm512_setzero_si512();
+  const std::uint32_t* px[P];
+  for (int p = 0; p < P; ++p) px[p] = a.px[p];
+  const std::ptrdiff_t ws = a.w_block_stride;
+  const std::uint32_t* wk = a.w;
+  const int cw = a.cw;
+  for (int t = 0; t < a.taps; ++t) {
+    const std::ptrdiff_t off = a.tap_off[t];
+    for (int k = 0; k < cw; ++k, wk += kLanes) {
+      __m512i w[B];
+      for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_si512(wk + b * ws);
+      for (int p = 0; p < P; ++p) {
+        const __m512i x = _mm512_set1_epi32(static_cast<int>(px[p][off + k]));
+        for (int b = 0; b < B; ++b)
+          acc[p][b] = _mm512_add_epi32(acc[p][b], _mm512_popcnt_epi32(_mm512_xor_si512(x, w[b])));
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < B; ++b) _mm512_storeu_si512(a.pop + static_cast<std::ptrdiff_t>(p) * a.ld + b * kLanes, acc[p][b]);
+}
+
+using TileFn = void (*)(const MicroArgs&);
+
+template <int B, int... Ps>
+constexpr auto make_row(std::integer_sequence<int, Ps...>) {
+  return std::array<TileFn, sizeof...(Ps)>{&micro_tile<Ps + 1, B>...};
+}
+
+
+void micro_avx512(const MicroArgs& a, int npix, int nblk) {
+  static const auto r1 = make_row<1>(std::make_integer_sequence<int, 8>{});
+  static const auto r2 = make_row<2>(std::make_integer_sequence<int, 8>{});
+  static const auto r3 = make_row<3>(std::make_integer_sequence<int, 8>{});
+  static const auto r4 = make_row<4>(std::make_integer_sequence<int, 6>{});
+  switch (nblk) {
+    case 1: r1[npix - 1](a); break;
+    case 2: r2[npix - 1](a); break;
+    case 3: r3[npix - 1](a); break;
+    default: r4[npix - 1](a); break;
+  }
+}
+
+void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
+                     const std::int64_t* q, int npix, int oc0, int n, int K) {
+  const int C = e.out_channels;
+  const __m512i vK = _mm512_set1_epi32(K);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int p = 0; p < npix; ++p) {
+    const std::int32_t* pr = pop + static_cast<std::ptrdiff_t>(p) * ld;
+    const std::int32_t* cr = corr_rows ? corr_rows[p] : nullptr;
+    const std::int64_t base = q[p] * C + oc0;
+    for (int i = 0; i < n; i += kLanes) {
+      const int cnt = n - i < kLanes ? n - i : kLanes;
+      const __mmask16 m = static_cast<__mmask16>(cnt == kLanes ? 0xFFFFu : (1u << cnt) - 1u);
+      const int o = oc0 + i;
+      __m512i d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pr + i), 1));
+      if (cr) d = _mm512_sub_epi32(d, _mm512_loadu_si512(cr + i));
+      __m512 y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, e.scale + o), _mm512_cvtepi32_ps(d),
+                                 _mm512_maskz_loadu_ps(m, e.shift + o));
+      if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.residual + base + i));
+      if (e.act == kActPrelu) {
+        const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
+        y = _mm512_mask_blend_ps(pos, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e.slope + o), y), y);
+      } else if (e.act == kActRprelu) {
+        __m512 t = _mm512_sub_ps(y, _mm512_maskz_loadu_ps(m, e.gamma + o));
+        const __mmask16 pos = _mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ);
+        t = _mm512_mask_blend_ps(pos, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e.slope + o), t), t);
+        y = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, e.zeta + o));
+      }
+      if (e.out) _mm512_mask_storeu_ps(e.out + base + i, m, y);
+      if (e.out_bits) {
+        const __m512 v = e.next_thr ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.next_thr + o)) : y;
+        const std::uint32_t bits = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) & m;
+        or_bits(e.out_bits + q[p] * e.bits_stride, o, bits, cnt);
+      }
+    }
+  }
+}
+
+void pack_rows_avx512(const float* x, std::size_t rows, std::size_t n, std::size_t x_stride, const float* thr,
+                      std::uint32_t* out, std::size_t out_stride) {
+  const std::size_t words = words32_for_bits(n);
+  const __m512 zero = _mm512_setzero_ps();
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float* row = x + r * x_stride;
+    std::uint32_t* o = out + r * out_stride;
+    for (std::size_t w = 0; w < words; ++w) {
+      std::uint32_t bits = 0;
+      for (int h = 0; h < 2; ++h) {
+        const std::size_t i = w * 32 + h * 16;
+        if (i >= n) break;
+        const std::size_t cnt = n - i < 16 ? n - i : 16;
+        const __mmask16 m = static_cast<__mmask16>(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + i);
+        if (thr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, thr + i));
+        bits |= static_cast<std::uint32_t>(_mm512_mask_cmp_ps_mask(m, v, zero, _CMP_LT_OQ)) << (16 * h);
+      }
+      o[w] = bits;
+    }
+  }
+}
+
+}  // namespace
+
+const IsaTable& isa_avx512() {
+  static const IsaTable table{"avx512", &micro_avx512, &epilogue_avx512, &pack_rows_avx512, {0, 8, 8, 8, 6}};
+  return table;
+}
+
+}  // namespace binpose
