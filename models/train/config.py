@@ -62,6 +62,7 @@ _COMMON: Config = {
     "sync_bn": False,
     "find_unused_parameters": False,
     "num_workers": 2,
+    "num_threads": None,  # torch intra-op threads per process (torchrun sets OMP_NUM_THREADS=1 with several)
     "log_every": 20,
     "eval_every": 1,  # epochs
     "checkpoint_every_steps": None,  # also save mid-epoch (resume skips the consumed batches)

@@ -397,6 +397,8 @@ class Trainer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.env, self.device = setup_distributed(config.get("device", "auto"))
+        if config.get("num_threads"):
+            torch.set_num_threads(int(config["num_threads"]))
         if config.get("deterministic"):
             torch.use_deterministic_algorithms(True)
         seed_everything(int(config["seed"]))
@@ -588,6 +590,12 @@ class Trainer:
                 out["lr"] = float(g["lr"])
         return out
 
+    def _sync_buffers(self) -> None:
+        """DDP broadcasts rank 0's buffers (BatchNorm running statistics) at the start of each forward, so after the
+        last step of an epoch every rank holds its own; copy rank 0's so evaluation and checkpoints agree."""
+        for buf in self.model.buffers():
+            dist.broadcast(buf, src=0)
+
     def evaluate(self) -> dict[str, float]:
         if self.val_loader is None:
             return {}
@@ -633,6 +641,7 @@ class Trainer:
             bar.close()
             if self.env.distributed:
                 dist.all_reduce(totals)
+                self._sync_buffers()
             self.epoch += 1
             self.step_in_epoch = 0
             record: dict[str, Any] = {"kind": "eval", "epoch": self.epoch, "step": self.step,
