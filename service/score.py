@@ -99,7 +99,8 @@ def list_images(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files under ``folder`` (sorted, recursive) and the other files, which are ignored."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder of images")
-    images, other = [], []
+    images: list[Path] = []
+    other: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         (images if path.suffix.lower() in IMAGE_SUFFIXES else other).append(path)
     return images, [str(p.relative_to(folder)) for p in other]
