@@ -153,6 +153,9 @@ class PackedConvWeights:
             raise ValueError(f"PackedConvWeights: bits must be [O, KH, KW, words], got shape {bits.shape}")
         self.bits: WordArray = bits
         self.native: _native.ConvWeights = _native.ConvWeights(bits, int(in_channels_per_group), int(groups))
+        o = int(bits.shape[0])
+        self._ones: FloatArray = np.ones(o, dtype=np.float32)  # default scale / shift of bconv2d
+        self._zeros: FloatArray = np.zeros(o, dtype=np.float32)
 
     @classmethod
     def from_float(cls, weight: npt.ArrayLike, groups: int = 1) -> PackedConvWeights:
@@ -207,6 +210,8 @@ class BConvResult:
 def _vec(name: str, v: npt.ArrayLike | None, n: int) -> FloatArray | None:
     if v is None:
         return None
+    if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (n,) and v.flags.c_contiguous:
+        return v  # fast path: already what the kernels take
     a = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
     if a.shape[0] != n:
         raise ValueError(f"{name} must have one value per channel ({n}), got {a.shape[0]}")
@@ -214,6 +219,8 @@ def _vec(name: str, v: npt.ArrayLike | None, n: int) -> FloatArray | None:
 
 
 def _pair(name: str, v: IntPair | Sequence[int]) -> tuple[int, int]:
+    if type(v) is int:
+        return v, v
     if isinstance(v, int | np.integer):
         return int(v), int(v)
     t = tuple(int(x) for x in v)
@@ -224,6 +231,8 @@ def _pair(name: str, v: IntPair | Sequence[int]) -> tuple[int, int]:
 
 def _padding(v: Padding | Sequence[int]) -> tuple[int, int, int, int]:
     """int -> all sides; (ph, pw) -> symmetric; (top, left, bottom, right) as given."""
+    if type(v) is int:
+        return v, v, v, v
     if isinstance(v, int | np.integer):
         p = int(v)
         return p, p, p, p
@@ -332,8 +341,8 @@ def bconv2d(
         list(_pair("stride", stride)),
         list(_padding(padding)),
         list(_pair("dilation", dilation)),
-        scale_v if scale_v is not None else np.ones(o, dtype=np.float32),
-        shift_v if shift_v is not None else np.zeros(o, dtype=np.float32),
+        scale_v if scale_v is not None else weights._ones,
+        shift_v if shift_v is not None else weights._zeros,
         res,
         act_code,
         slope,

@@ -122,17 +122,20 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
     parallel_for(static_cast<std::int64_t>(G) * N, [&](std::int64_t gn) {
       const int g = static_cast<int>(gn / N), n = static_cast<int>(gn % N);
       const std::int64_t c0 = static_cast<std::int64_t>(g) * Cg;
-      for (int h = 0; h < H; ++h)
-        for (int x = 0; x < W; ++x) {
-          const std::uint32_t* s = input + ((static_cast<std::int64_t>(n) * H + h) * W + x) * geo.in_words;
-          std::uint32_t* d = buf.data() + gn * img + ((static_cast<std::int64_t>(h) + pt) * Ws + x + pl) * ps;
-          if (c0 % 32 == 0) {
-            std::memcpy(d, s + c0 / 32, sizeof(std::uint32_t) * cwg);
-            d[cwg - 1] &= tail;
-          } else {
-            extract_bits(s, 0, static_cast<std::size_t>(c0), static_cast<std::size_t>(Cg), d);
+      for (int h = 0; h < H; ++h) {
+        const std::uint32_t* s = input + (static_cast<std::int64_t>(n) * H + h) * W * geo.in_words;
+        std::uint32_t* d = buf.data() + gn * img + ((static_cast<std::int64_t>(h) + pt) * Ws + pl) * ps;
+        if (G == 1 && geo.in_words == cwg) {
+          std::memcpy(d, s, sizeof(std::uint32_t) * W * cwg);  // whole row; tail bits are zero by contract
+        } else if (c0 % 32 == 0) {
+          for (int x = 0; x < W; ++x) {
+            std::memcpy(d + x * ps, s + x * geo.in_words + c0 / 32, sizeof(std::uint32_t) * cwg);
+            d[x * ps + cwg - 1] &= tail;
           }
+        } else {
+          for (int x = 0; x < W; ++x) extract_bits(s + x * geo.in_words, 0, c0, Cg, d + x * ps);
         }
+      }
     });
     base = buf.data();
     group_off = static_cast<std::int64_t>(N) * img;
@@ -177,6 +180,16 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
   const std::int64_t chunk_pix = ceil_div(ceil_div(npix, npc), pmax) * pmax;
   npc = ceil_div(npix, chunk_pix);
   const int K = Cg * T;
+  // Output rows / columns whose receptive field reaches into the padding.
+  std::vector<char> row_border(OH), col_border(OW);
+  for (int oh = 0; oh < OH; ++oh) {
+    const int ih0 = oh * geo.stride_h - pt;
+    row_border[oh] = ih0 < 0 || ih0 + (w.kh - 1) * geo.dil_h >= H;
+  }
+  for (int ow = 0; ow < OW; ++ow) {
+    const int iw0 = ow * geo.stride_w - pl;
+    col_border[ow] = iw0 < 0 || iw0 + (w.kw - 1) * geo.dil_w >= W;
+  }
   const int sh = geo.stride_h, sw = geo.stride_w, dh = geo.dil_h, dw = geo.dil_w;
 
   parallel_for(static_cast<std::int64_t>(N) * nuc * npc, [&](std::int64_t task) {
@@ -199,31 +212,35 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
       const int noc = std::min(un.nblk * 16, w.oc_per_group - un.blk0 * 16);
       const std::uint32_t* gb = group_base(un.g) + n * img_stride;
       const std::int32_t* tdot = w.tap_dot.data() + static_cast<std::int64_t>(un.g) * T * nb * 16 + un.blk0 * 16;
+      int oh = static_cast<int>(p0 / OW), ow = static_cast<int>(p0 % OW);  // position of pixel q, kept incrementally
       for (std::int64_t q = p0; q < p1; q += P) {
         const int np = static_cast<int>(std::min<std::int64_t>(P, p1 - q));
         bool any_border = false;
         for (int i = 0; i < np; ++i) {
-          const int oh = static_cast<int>((q + i) / OW), ow = static_cast<int>((q + i) % OW);
           px[i] = gb + (static_cast<std::int64_t>(oh) * sh * Ws + static_cast<std::int64_t>(ow) * sw) * ps;
           qidx[i] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
           corr_rows[i] = nullptr;
-          if (!padded) continue;
-          const int ih0 = oh * sh - pt, iw0 = ow * sw - pl;
-          if (ih0 >= 0 && iw0 >= 0 && ih0 + (w.kh - 1) * dh < H && iw0 + (w.kw - 1) * dw < W) continue;
-          std::int32_t* cr = corr + i * 64;
-          std::memset(cr, 0, sizeof(std::int32_t) * 64);
-          for (int kh = 0; kh < w.kh; ++kh) {
-            const int ih = ih0 + kh * dh;
-            const bool hvalid = ih >= 0 && ih < H;
-            for (int kw = 0; kw < w.kw; ++kw) {
-              const int iw = iw0 + kw * dw;
-              if (hvalid && iw >= 0 && iw < W) continue;
-              const std::int32_t* td = tdot + static_cast<std::int64_t>(kh * w.kw + kw) * nb * 16;
-              for (int l = 0; l < noc; ++l) cr[l] += td[l];
+          if (padded && (row_border[oh] || col_border[ow])) {
+            const int ih0 = oh * sh - pt, iw0 = ow * sw - pl;
+            std::int32_t* cr = corr + i * 64;
+            std::memset(cr, 0, sizeof(std::int32_t) * 64);
+            for (int kh = 0; kh < w.kh; ++kh) {
+              const int ih = ih0 + kh * dh;
+              const bool hvalid = ih >= 0 && ih < H;
+              for (int kw = 0; kw < w.kw; ++kw) {
+                const int iw = iw0 + kw * dw;
+                if (hvalid && iw >= 0 && iw < W) continue;
+                const std::int32_t* td = tdot + static_cast<std::int64_t>(kh * w.kw + kw) * nb * 16;
+                for (int l = 0; l < noc; ++l) cr[l] += td[l];
+              }
             }
+            corr_rows[i] = cr;
+            any_border = true;
           }
-          corr_rows[i] = cr;
-          any_border = true;
+          if (++ow == OW) {
+            ow = 0;
+            ++oh;
+          }
         }
         isa.micro(a, np, un.nblk);
         isa.epilogue(e, pop, 64, any_border ? corr_rows : nullptr, qidx, np, oc0, noc, K);

@@ -63,39 +63,53 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
   }
 }
 
+// Channel chunk outer, pixels inner: per-channel parameters are loaded once per tile. Bits are gathered per pixel
+// into whole 32-bit words (relative to oc0) and OR-ed into the zeroed output once per word.
 void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
                      const std::int64_t* q, int npix, int oc0, int n, int K) {
   const int C = e.out_channels;
   const __m512i vK = _mm512_set1_epi32(K);
   const __m512 zero = _mm512_setzero_ps();
-  for (int p = 0; p < npix; ++p) {
-    const std::int32_t* pr = pop + static_cast<std::ptrdiff_t>(p) * ld;
-    const std::int32_t* cr = corr_rows ? corr_rows[p] : nullptr;
-    const std::int64_t base = q[p] * C + oc0;
-    for (int i = 0; i < n; i += kLanes) {
-      const int cnt = n - i < kLanes ? n - i : kLanes;
-      const __mmask16 m = static_cast<__mmask16>(cnt == kLanes ? 0xFFFFu : (1u << cnt) - 1u);
-      const int o = oc0 + i;
-      __m512i d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pr + i), 1));
-      if (cr) d = _mm512_sub_epi32(d, _mm512_loadu_si512(cr + i));
-      __m512 y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, e.scale + o), _mm512_cvtepi32_ps(d),
-                                 _mm512_maskz_loadu_ps(m, e.shift + o));
-      if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.residual + base + i));
+  std::uint32_t words[kMaxTile][4] = {};
+  for (int i = 0; i < n; i += kLanes) {
+    const int cnt = n - i < kLanes ? n - i : kLanes;
+    const __mmask16 m = static_cast<__mmask16>(cnt == kLanes ? 0xFFFFu : (1u << cnt) - 1u);
+    const int o = oc0 + i;
+    const __m512 sc = _mm512_maskz_loadu_ps(m, e.scale + o);
+    const __m512 sh = _mm512_maskz_loadu_ps(m, e.shift + o);
+    __m512 slope = zero, gamma = zero, zeta = zero, thr = zero;
+    if (e.act != kActNone) slope = _mm512_maskz_loadu_ps(m, e.slope + o);
+    if (e.act == kActRprelu) {
+      gamma = _mm512_maskz_loadu_ps(m, e.gamma + o);
+      zeta = _mm512_maskz_loadu_ps(m, e.zeta + o);
+    }
+    if (e.next_thr) thr = _mm512_maskz_loadu_ps(m, e.next_thr + o);
+    for (int p = 0; p < npix; ++p) {
+      const std::int64_t base = q[p] * C + o;
+      __m512i d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pop + p * ld + i), 1));
+      if (corr_rows && corr_rows[p]) d = _mm512_sub_epi32(d, _mm512_loadu_si512(corr_rows[p] + i));
+      __m512 y = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(d), sh);
+      if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.residual + base));
       if (e.act == kActPrelu) {
         const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-        y = _mm512_mask_blend_ps(pos, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e.slope + o), y), y);
+        y = _mm512_mask_blend_ps(pos, _mm512_mul_ps(slope, y), y);
       } else if (e.act == kActRprelu) {
-        __m512 t = _mm512_sub_ps(y, _mm512_maskz_loadu_ps(m, e.gamma + o));
+        __m512 t = _mm512_sub_ps(y, gamma);
         const __mmask16 pos = _mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ);
-        t = _mm512_mask_blend_ps(pos, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e.slope + o), t), t);
-        y = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, e.zeta + o));
+        y = _mm512_add_ps(_mm512_mask_blend_ps(pos, _mm512_mul_ps(slope, t), t), zeta);
       }
-      if (e.out) _mm512_mask_storeu_ps(e.out + base + i, m, y);
+      if (e.out) _mm512_mask_storeu_ps(e.out + base, m, y);
       if (e.out_bits) {
-        const __m512 v = e.next_thr ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.next_thr + o)) : y;
-        const std::uint32_t bits = _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ) & m;
-        or_bits(e.out_bits + q[p] * e.bits_stride, o, bits, cnt);
+        const std::uint32_t bits = _mm512_mask_cmp_ps_mask(m, _mm512_add_ps(y, thr), zero, _CMP_LT_OQ);
+        words[p][i >> 5] |= bits << (i & 31);
       }
+    }
+  }
+  if (e.out_bits) {
+    const int nw = (n + 31) >> 5;
+    for (int p = 0; p < npix; ++p) {
+      std::uint32_t* row = e.out_bits + q[p] * e.bits_stride;
+      for (int j = 0; j < nw; ++j) or_bits(row, oc0 + 32 * j, words[p][j], n - 32 * j < 32 ? n - 32 * j : 32);
     }
   }
 }
