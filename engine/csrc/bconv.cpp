@@ -180,17 +180,44 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
   const std::int64_t chunk_pix = ceil_div(ceil_div(npix, npc), pmax) * pmax;
   npc = ceil_div(npix, chunk_pix);
   const int K = Cg * T;
-  // Output rows / columns whose receptive field reaches into the padding.
-  std::vector<char> row_border(OH), col_border(OW);
-  for (int oh = 0; oh < OH; ++oh) {
-    const int ih0 = oh * geo.stride_h - pt;
-    row_border[oh] = ih0 < 0 || ih0 + (w.kh - 1) * geo.dil_h >= H;
+  const int sh = geo.stride_h, sw = geo.stride_w;
+  // Border correction. A padded tap was read as +1 (zero bits) and added tap_dot = Cg - 2 popcount(w tap) to the
+  // dot; the exact result subtracts it. Output rows fall into classes by which kernel rows are out of bounds, columns
+  // likewise; one table row per (row class, column class, group) holds the summed correction for every channel.
+  std::vector<int> row_class(OH, 0), col_class(OW, 0);
+  std::vector<std::vector<char>> row_sets{std::vector<char>(w.kh, 0)}, col_sets{std::vector<char>(w.kw, 0)};
+  auto classify = [](int pos, int stride, int pad, int k, int dil, int size, std::vector<std::vector<char>>& sets) {
+    std::vector<char> bad_taps(k);
+    for (int j = 0; j < k; ++j) {
+      const int i = pos * stride - pad + j * dil;
+      bad_taps[j] = i < 0 || i >= size;
+    }
+    for (std::size_t c = 0; c < sets.size(); ++c)
+      if (sets[c] == bad_taps) return static_cast<int>(c);
+    sets.push_back(bad_taps);
+    return static_cast<int>(sets.size() - 1);
+  };
+  if (padded) {
+    for (int oh = 0; oh < OH; ++oh) row_class[oh] = classify(oh, geo.stride_h, pt, w.kh, geo.dil_h, H, row_sets);
+    for (int ow = 0; ow < OW; ++ow) col_class[ow] = classify(ow, geo.stride_w, pl, w.kw, geo.dil_w, W, col_sets);
   }
-  for (int ow = 0; ow < OW; ++ow) {
-    const int iw0 = ow * geo.stride_w - pl;
-    col_border[ow] = iw0 < 0 || iw0 + (w.kw - 1) * geo.dil_w >= W;
+  const int nrc = static_cast<int>(row_sets.size()), ncc = static_cast<int>(col_sets.size());
+  const std::int64_t corr_ld = static_cast<std::int64_t>(nb) * 16;
+  std::vector<std::int32_t> corr_table;
+  if (nrc * ncc > 1) {
+    corr_table.assign(static_cast<std::size_t>(nrc) * ncc * G * corr_ld, 0);
+    for (int rc = 0; rc < nrc; ++rc)
+      for (int cc = 0; cc < ncc; ++cc)
+        for (int g = 0; g < G; ++g) {
+          std::int32_t* dst = corr_table.data() + ((static_cast<std::int64_t>(rc) * ncc + cc) * G + g) * corr_ld;
+          for (int kh = 0; kh < w.kh; ++kh)
+            for (int kw = 0; kw < w.kw; ++kw) {
+              if (!row_sets[rc][kh] && !col_sets[cc][kw]) continue;
+              const std::int32_t* td = w.tap_dot.data() + (static_cast<std::int64_t>(g) * T + kh * w.kw + kw) * corr_ld;
+              for (std::int64_t l = 0; l < corr_ld; ++l) dst[l] += td[l];
+            }
+        }
   }
-  const int sh = geo.stride_h, sw = geo.stride_w, dh = geo.dil_h, dw = geo.dil_w;
 
   parallel_for(static_cast<std::int64_t>(N) * nuc * npc, [&](std::int64_t task) {
     const std::int64_t pc = task % npc;
@@ -198,7 +225,6 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
     const int n = static_cast<int>(task / (npc * nuc));
     const std::int64_t p0 = pc * chunk_pix, p1 = std::min(npix, p0 + chunk_pix);
     alignas(64) std::int32_t pop[kMaxTile * 64];
-    alignas(64) std::int32_t corr[kMaxTile * 64];
     const std::uint32_t* px[kMaxTile];
     const std::int32_t* corr_rows[kMaxTile];
     std::int64_t qidx[kMaxTile];
@@ -211,7 +237,6 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
       const int oc0 = un.g * w.oc_per_group + un.blk0 * 16;
       const int noc = std::min(un.nblk * 16, w.oc_per_group - un.blk0 * 16);
       const std::uint32_t* gb = group_base(un.g) + n * img_stride;
-      const std::int32_t* tdot = w.tap_dot.data() + static_cast<std::int64_t>(un.g) * T * nb * 16 + un.blk0 * 16;
       int oh = static_cast<int>(p0 / OW), ow = static_cast<int>(p0 % OW);  // position of pixel q, kept incrementally
       for (std::int64_t q = p0; q < p1; q += P) {
         const int np = static_cast<int>(std::min<std::int64_t>(P, p1 - q));
@@ -220,21 +245,10 @@ void bconv2d(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeig
           px[i] = gb + (static_cast<std::int64_t>(oh) * sh * Ws + static_cast<std::int64_t>(ow) * sw) * ps;
           qidx[i] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
           corr_rows[i] = nullptr;
-          if (padded && (row_border[oh] || col_border[ow])) {
-            const int ih0 = oh * sh - pt, iw0 = ow * sw - pl;
-            std::int32_t* cr = corr + i * 64;
-            std::memset(cr, 0, sizeof(std::int32_t) * 64);
-            for (int kh = 0; kh < w.kh; ++kh) {
-              const int ih = ih0 + kh * dh;
-              const bool hvalid = ih >= 0 && ih < H;
-              for (int kw = 0; kw < w.kw; ++kw) {
-                const int iw = iw0 + kw * dw;
-                if (hvalid && iw >= 0 && iw < W) continue;
-                const std::int32_t* td = tdot + static_cast<std::int64_t>(kh * w.kw + kw) * nb * 16;
-                for (int l = 0; l < noc; ++l) cr[l] += td[l];
-              }
-            }
-            corr_rows[i] = cr;
+          const int rc = row_class[oh], cc = col_class[ow];
+          if (rc != 0 || cc != 0) {
+            corr_rows[i] = corr_table.data() + ((static_cast<std::int64_t>(rc) * ncc + cc) * G + un.g) * corr_ld +
+                           un.blk0 * 16;
             any_border = true;
           }
           if (++ow == OW) {

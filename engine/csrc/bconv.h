@@ -7,11 +7,25 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "epilogue.h"
 
 namespace binpose {
+
+// 64-byte aligned storage, so one weight vector never straddles two cache lines.
+template <typename T>
+struct AlignedAlloc {
+  using value_type = T;
+  AlignedAlloc() = default;
+  template <typename U>
+  AlignedAlloc(const AlignedAlloc<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const AlignedAlloc&) const { return true; }
+  bool operator!=(const AlignedAlloc&) const { return false; }
+};
 
 struct ConvWeights {
   int out_channels = 0, in_per_group = 0, kh = 0, kw = 0, groups = 1;
@@ -19,7 +33,7 @@ struct ConvWeights {
   int oc_per_group = 0;
   int blocks = 0;     // 16-channel blocks per group
   std::vector<std::uint32_t> bits;     // canonical [O][KH][KW][cwg]
-  std::vector<std::uint32_t> blocked;  // [G][blocks][T][cwg][16]
+  std::vector<std::uint32_t, AlignedAlloc<std::uint32_t>> blocked;  // [G][blocks][T][cwg][16]
   std::vector<std::int32_t> tap_dot;   // [G][T][blocks * 16]: dot of a +1 (padded) tap = Cg - 2 popcount(w tap)
 
   // Takes canonical bits (validated: tail bits must be zero) and builds the kernel layouts.
