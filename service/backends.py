@@ -322,7 +322,7 @@ def load_packed(name: str, options: LoadOptions) -> LoadedModel:
     import engine
 
     _set_torch_threads(options.threads)
-    packed = engine.load(str(path))  # type: ignore[attr-defined]
+    packed = engine.load(str(path), options.threads or None)
     entry = _manifest_entry(name, options)
     spec = packed.spec if isinstance(packed.spec, ModelSpec) else ModelSpec.from_dict(dict(packed.spec))
     return LoadedModel(

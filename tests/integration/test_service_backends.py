@@ -91,6 +91,9 @@ def _skip_reason(backend: str) -> str | None:
     if backend == "packed" and not has("engine.pack", "pack_model"):
         return "engine.pack.pack_model is not available yet (engine issue)"
     if backend == "onnx" and not has("engine.onnx", "export_onnx"):
+        # torch.onnx's own export is no stand-in: for sbpn-r18 (seed 0) it agrees with torch to 2e-6 on random
+        # inputs but differs by up to 3.5 on the heatmaps of one of this test's real crops (a sign flip cascading
+        # through the binary layers), so the comparison would test that exporter, not the service.
         return "engine.onnx.export_onnx is not available yet (engine issue)"
     return None
 
@@ -113,8 +116,9 @@ def test_backend_matches_torch(backend: str, weights_dir: Path, torch_answers: t
     np.testing.assert_allclose(heatmaps, ref_heatmaps, rtol=1e-4, atol=1e-4)
     # The whole pipeline: the same persons and keypoints.
     assert len(pose["persons"]) == len(ref_pose["persons"]) == len(BOXES)
-    for got, want in zip(pose["persons"], ref_pose["persons"], strict=True):
-        assert got["box"] == want["box"]
+    by_box = {tuple(p["box"]): p for p in ref_pose["persons"]}  # persons come best first; ties may swap
+    for got in pose["persons"]:
+        want = by_box[tuple(got["box"])]
         xy = np.array([[k["x"], k["y"]] for k in got["keypoints"]])
         ref_xy = np.array([[k["x"], k["y"]] for k in want["keypoints"]])
         np.testing.assert_allclose(xy, ref_xy, atol=0.05)

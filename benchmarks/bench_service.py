@@ -1,0 +1,264 @@
+"""The HTTP service end to end, on loopback, one uvicorn worker.
+
+Run: ``.venv/bin/python -m benchmarks.bench_service [--model sbpn-r18] [--requests 100] [--clients 8] [--duration 15]``.
+
+1. Latency: one 640x480 JPEG with one client box per request, sequential, keep-alive: p50/p90/p99 of the wall time
+   seen by the client, and the server's own breakdown (decode, crop, queue, network).
+2. Throughput: `--clients` concurrent clients for `--duration` seconds: requests/s, latency under load, mean batch size.
+
+Both run on the default packed backend (weights/NAME.bnn, or the seed-0 random-init network packed on the fly when no
+weights are bundled: speed does not depend on the weights' values) and, in the same run, on the same service serving
+the float twin (binary=False) on the onnx backend. Writes benchmarks/results/service.json and service.md.
+The clients share the machine's cores with the server; the load average before and after is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.process import ServiceProcess
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+PHOTO = Path("/usr/share/doc/opencv-doc/examples/data/basketball1.png")  # 640x480, two players
+BOX = [404.0, 191.0, 494.0, 372.0]
+logger = logging.getLogger("bench_service")
+
+
+def test_image() -> tuple[bytes, str]:
+    if PHOTO.exists():
+        rgb = np.asarray(Image.open(PHOTO).convert("RGB"))
+        source = f"{PHOTO.name} (opencv-doc)"
+    else:
+        rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        source = "synthetic noise"
+    assert rgb.shape[:2] == (480, 640), rgb.shape
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue(), source
+
+
+def available(module: str, attr: str) -> bool:
+    try:
+        return callable(getattr(importlib.import_module(module), attr, None))
+    except Exception:
+        return False
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)),
+            "mean": float(a.mean()), "n": len(values)}  # fmt: skip
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    """(number of network calls, crops) so far."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") != model:
+                continue
+            if s.name == "binpose_batch_size_count":
+                count = s.value
+            elif s.name == "binpose_batch_size_sum":
+                total = s.value
+    return count, total
+
+
+def measure_latency(url: str, data: bytes, n: int, warmup: int) -> dict[str, Any]:
+    files = {"image": ("frame.jpg", data, "image/jpeg")}
+    form = {"boxes": json.dumps([BOX])}
+    walls: list[float] = []
+    server: dict[str, list[float]] = {}
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for i in range(warmup + n):
+            t = time.perf_counter()
+            r = c.post("/v1/pose", files=files, data=form)
+            wall = (time.perf_counter() - t) * 1000
+            r.raise_for_status()
+            if i < warmup:
+                continue
+            walls.append(wall)
+            for k, v in r.json()["timings"].items():
+                server.setdefault(k, []).append(v)
+    return {"client_ms": percentiles(walls), "server_ms_p50": {k: float(np.median(v)) for k, v in server.items()}}
+
+
+async def _client(url: str, data: bytes, until: float, latencies: list[float], errors: list[int]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            r = await c.post("/v1/pose", files={"image": ("f.jpg", data, "image/jpeg")}, data={"boxes": json.dumps([BOX])})
+            if r.status_code == 200:
+                latencies.append((time.perf_counter() - t) * 1000)
+            else:
+                errors.append(r.status_code)
+
+
+def measure_throughput(url: str, model: str, data: bytes, clients: int, duration: float) -> dict[str, Any]:
+    calls0, crops0 = batch_stats(url, model)
+    latencies: list[float] = []
+    errors: list[int] = []
+    started = time.perf_counter()
+
+    async def run() -> None:
+        until = time.perf_counter() + duration
+        await asyncio.gather(*(_client(url, data, until, latencies, errors) for _ in range(clients)))
+
+    asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    calls1, crops1 = batch_stats(url, model)
+    calls, crops = calls1 - calls0, crops1 - crops0
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "requests_per_s": len(latencies) / elapsed,
+        "latency_ms": percentiles(latencies) if latencies else {},
+        "mean_batch_size": crops / calls if calls else 0.0,
+    }
+
+
+def run_config(name: str, env: dict[str, str], args: argparse.Namespace, data: bytes) -> dict[str, Any]:
+    logger.info("%s: starting the server", name)
+    with ServiceProcess(env=env) as server:
+        info = server.get_json(f"/v1/models/{args.model}")
+        assert isinstance(info, dict)
+        latency = measure_latency(server.url, data, args.requests, warmup=10)
+        logger.info("%s: p50 %.1f ms", name, latency["client_ms"]["p50"])
+        throughput = measure_throughput(server.url, args.model, data, args.clients, args.duration)
+        logger.info("%s: %.1f requests/s with %d clients", name, throughput["requests_per_s"], args.clients)
+    keys = ("backend", "ops", "bops", "flops", "packed_bytes", "provenance", "weights_sha256")
+    return {"name": name, "model": {k: info.get(k) for k in keys}, "latency": latency, "throughput": throughput}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Service benchmark (loopback, 1 uvicorn worker)",
+        "",
+        f"`{result['command']}` on {result['machine']['cpus']} CPUs ({result['machine']['processor']}), "
+        f"load average {result['machine']['loadavg_before']} before, {result['machine']['loadavg_after']} after.",
+        f"Model {result['model']}, one 640x480 JPEG ({result['image']}) with one client box per request.",
+        "",
+        "| config | backend | model OPs | p50 ms | p90 ms | server p50 ms (queue / network) | req/s "
+        f"({result['clients']} clients) | mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in result["configs"]:
+        if "skipped" in c:
+            lines.append(f"| {c['name']} | skipped: {c['skipped']} | | | | | | |")
+            continue
+        lat, thr, srv = c["latency"]["client_ms"], c["throughput"], c["latency"]["server_ms_p50"]
+        lines.append(
+            f"| {c['name']} | {c['model']['backend']} | {c['model']['ops'] / 1e6:.1f} M | {lat['p50']:.1f} | "
+            f"{lat['p90']:.1f} | {srv['total_ms']:.1f} ({srv['queue_ms']:.1f} / {srv['inference_ms']:.1f}) | "
+            f"{thr['requests_per_s']:.1f} | {thr['mean_batch_size']:.1f} |"
+        )
+    lines += ["", "Targets (issue 5):"]
+    for t in result["targets"]:
+        lines.append(f"- {t['target']}: {t['value']} -> {'met' if t['met'] else 'NOT met'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="sbpn-r18")
+    p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency run")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for the throughput run")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of the throughput run")
+    p.add_argument("--threads", type=int, default=0, help="BINPOSE_THREADS of the server (0 = library default)")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    data, source = test_image()
+    loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    weights = REPO / "weights"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    packed_note = f"bundled {weights / (args.model + '.bnn')}"
+    if not (weights / f"{args.model}.bnn").exists() and available("engine.pack", "pack_model"):
+        import torch
+
+        import models
+        from engine.pack import pack_model
+
+        torch.manual_seed(0)
+        pack_model(models.build(args.model).eval(), tmp / f"{args.model}.bnn", {"source": "bench: seed-0 random init"})
+        weights, packed_note = tmp, "seed-0 random init packed on the fly (no bundled weights)"
+    common = {"BINPOSE_MODELS": args.model, "BINPOSE_MAX_BATCH_SIZE": str(args.max_batch_size),
+              "BINPOSE_MAX_WAIT_MS": str(args.max_wait_ms), "BINPOSE_WEIGHTS_DIR": str(weights),
+              "BINPOSE_LOG_LEVEL": "warning"}  # fmt: skip
+    if args.threads > 0:  # the engine reads BINPOSE_THREADS too
+        common["BINPOSE_THREADS"] = str(args.threads)
+    configs: list[dict[str, Any]] = []
+    if available("engine", "load") and (weights / f"{args.model}.bnn").exists():
+        configs.append(run_config("binary, packed", {**common, "BINPOSE_BACKEND": "packed"}, args, data))
+    else:
+        configs.append({"name": "binary, packed", "skipped": "engine.load or the .bnn file is missing"})
+    if available("engine.onnx", "export_onnx"):
+        twin = {**common, "BINPOSE_BACKEND": "onnx", "BINPOSE_CACHE_DIR": str(tmp / "onnx"),
+                "BINPOSE_WEIGHTS_DIR": str(tmp / "none"),
+                "BINPOSE_MODEL_OVERRIDES": json.dumps({args.model: {"binary": False}})}  # fmt: skip
+        configs.append(run_config("float twin, onnx", twin, args, data))
+    else:
+        configs.append({"name": "float twin, onnx", "skipped": "engine.onnx.export_onnx is not available yet"})
+
+    ran = {c["name"]: c for c in configs if "skipped" not in c}
+    targets = []
+    if "binary, packed" in ran:
+        p50 = ran["binary, packed"]["latency"]["client_ms"]["p50"]
+        targets.append({"target": "p50 end-to-end < 25 ms (packed)", "value": f"{p50:.1f} ms", "met": p50 < 25})
+    if len(ran) == 2:
+        ratio = (
+            ran["binary, packed"]["throughput"]["requests_per_s"] / ran["float twin, onnx"]["throughput"]["requests_per_s"]
+        )
+        targets.append({"target": "throughput >= 4x the float twin on onnx", "value": f"{ratio:.2f}x", "met": ratio >= 4})
+    result = {
+        "command": "python -m benchmarks.bench_service " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "loadavg_before": loadavg_before,
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },  # fmt: skip
+        "model": args.model,
+        "packed_weights": packed_note,
+        "image": source,
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "configs": configs,
+        "targets": targets,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (args.out / "service.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
