@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from models.keypoints import decode_heatmaps
+from models.keypoints import decode_heatmaps, flip_heatmaps
 from models.spec import COCO_OKS_SIGMAS
 
 logger = logging.getLogger(__name__)
@@ -176,21 +176,15 @@ def predict_pose(
     Flip test: the horizontally flipped crop's heatmaps are mirrored back, their left/right channels swapped, and
     averaged with the plain ones (exact alignment in the pixel-center convention of models.keypoints)."""
     model.eval()
-    pairs = [tuple(p) for p in flip_pairs]
-    perm = list(range(0))
     out: dict[str, list[NDArray[Any]]] = {"coords": [], "scores": [], "image_ids": [], "box_scores": []}
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        heatmaps = model(images).float()
+        heatmaps = model(images).float().cpu().numpy()
         if flip_test:
-            flipped = model(torch.flip(images, dims=[3])).float()
-            if not perm:
-                perm = list(range(heatmaps.shape[1]))
-                for a, b in pairs:
-                    perm[a], perm[b] = b, a
-            heatmaps = 0.5 * (heatmaps + torch.flip(flipped, dims=[3])[:, perm])
+            flipped = model(torch.flip(images, dims=[3])).float().cpu().numpy()
+            heatmaps = 0.5 * (heatmaps + flip_heatmaps(flipped, flip_pairs))
         coords, scores = decode_heatmaps(
-            heatmaps.cpu().numpy(), batch["center"].numpy(), batch["scale"].numpy(),
+            heatmaps, batch["center"].numpy(), batch["scale"].numpy(),
             rotations=batch["rotation"].numpy(), refine=refine, sigma=sigma,
         )  # fmt: skip
         out["coords"].append(coords)
