@@ -16,7 +16,8 @@ namespace binpose {
 
 namespace {
 
-template <int P, int B>
+// CW > 0: words per tap known at compile time (the inner loop unrolls fully); CW == 0: a.cw at run time.
+template <int P, int B, int CW = 0>
 void micro_tile(const MicroArgs& a) {
   __m512i acc[P][B];
   for (int p = 0; p < P; ++p)
@@ -25,7 +26,7 @@ void micro_tile(const MicroArgs& a) {
   for (int p = 0; p < P; ++p) px[p] = a.px[p];
   const std::ptrdiff_t ws = a.w_block_stride;
   const std::uint32_t* wk = a.w;
-  const int cw = a.cw;
+  const int cw = CW > 0 ? CW : a.cw;
   for (int t = 0; t < a.taps; ++t) {
     const std::ptrdiff_t off = a.tap_off[t];
     for (int k = 0; k < cw; ++k, wk += kLanes) {
@@ -55,6 +56,9 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
   static const auto r2 = make_row<2>(std::make_integer_sequence<int, 8>{});
   static const auto r3 = make_row<3>(std::make_integer_sequence<int, 8>{});
   static const auto r4 = make_row<4>(std::make_integer_sequence<int, 6>{});
+  if (npix == 6 && nblk == 4) {  // the full tile: an unrolled variant for 64 input channels per group
+    if (a.cw == 2) return micro_tile<6, 4, 2>(a);
+  }
   switch (nblk) {
     case 1: r1[npix - 1](a); break;
     case 2: r2[npix - 1](a); break;
