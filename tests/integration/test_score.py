@@ -224,8 +224,14 @@ def class_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_classify_folder_writes_top_k_and_reports_the_corrupt_file(class_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "classes.csv"
-    run_score("classify", "--images", str(class_folder), "--out", str(out), "--model", CLS, "--backend", "torch",
-              "--workers", "0", "--top-k", "3", "--batch-size", str(BATCH))  # fmt: skip
+    # In this process (--workers 0): the worker-process path is the pose tests' part.
+    threads = torch.get_num_threads()  # the scorer sets its --threads on the process it runs in
+    try:
+        code = score_main(["classify", "--images", str(class_folder), "--out", str(out), "--model", CLS, "--backend",
+                           "torch", "--workers", "0", "--top-k", "3", "--batch-size", str(BATCH), "--no-progress"])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
     with out.open() as f:
         rows = list(csv.DictReader(f))
     by_file: dict[str, list[dict[str, str]]] = {}
