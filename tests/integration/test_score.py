@@ -227,8 +227,8 @@ def test_classify_folder_writes_top_k_and_reports_the_corrupt_file(class_folder:
     # In this process (--workers 0): the worker-process path is the pose tests' part.
     threads = torch.get_num_threads()  # the scorer sets its --threads on the process it runs in
     try:
-        code = score_main(["classify", "--images", str(class_folder), "--out", str(out), "--model", CLS, "--backend",
-                           "torch", "--workers", "0", "--top-k", "3", "--batch-size", str(BATCH), "--no-progress"])  # fmt: skip
+        args = ["--model", CLS, "--backend", "torch", "--workers", "0", "--top-k", "3", "--batch-size", str(BATCH)]
+        code = score_main(["classify", "--images", str(class_folder), "--out", str(out), *args, "--no-progress"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
