@@ -19,6 +19,36 @@ namespace {
 
 thread_local bool t_in_task = false;
 
+// One parallel_for call. Lives on the caller's stack; workers hold a reference (refs) while they may touch it.
+struct Job {
+  const std::function<void(std::int64_t)>* fn = nullptr;
+  std::int64_t n = 0;
+  std::atomic<std::int64_t> next{0};
+  std::atomic<std::int64_t> done{0};
+  std::atomic<int> refs{0};
+};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+void execute(Job& job) {
+  t_in_task = true;
+  for (;;) {
+    const std::int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= job.n) break;
+    (*job.fn)(i);
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+  t_in_task = false;
+}
+
+// The caller always takes part and finishes as soon as every task is done: a worker that the OS schedules late
+// (other processes on the cores) finds nothing left to do and never delays the call.
 class Pool {
  public:
   ~Pool() { stop_workers(); }
@@ -41,59 +71,52 @@ class Pool {
 
   void run(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
     if (n <= 0) return;
-    if (t_in_task) {
+    if (t_in_task) {  // nested call from inside a task: run inline
       for (std::int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
     std::lock_guard<std::mutex> g(run_mu_);
+    Job job;
+    job.fn = &fn;
+    job.n = n;
     if (nthreads_ == 1 || n == 1) {
-      t_in_task = true;
-      for (std::int64_t i = 0; i < n; ++i) fn(i);
-      t_in_task = false;
+      execute(job);
       return;
     }
     {
       std::lock_guard<std::mutex> lk(mu_);
-      fn_ = &fn;
-      ntasks_ = n;
-      next_.store(0, std::memory_order_relaxed);
-      active_ = static_cast<int>(workers_.size());
+      job_ = &job;
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    work();
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return active_ == 0; });
-    fn_ = nullptr;
+    execute(job);
+    for (int spin = 0; job.done.load(std::memory_order_acquire) < n; ++spin) {
+      if (spin < 4096) cpu_relax(); else std::this_thread::yield();
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = nullptr;
+    }
+    for (int spin = 0; job.refs.load(std::memory_order_acquire) > 0; ++spin) {
+      if (spin < 4096) cpu_relax(); else std::this_thread::yield();
+    }
   }
 
  private:
-  void work() {
-    t_in_task = true;
-    for (;;) {
-      const std::int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
-      if (i >= ntasks_) break;
-      (*fn_)(i);
-    }
-    t_in_task = false;
-  }
-
   void worker_loop(std::uint64_t seen) {
     for (;;) {
       // Spin briefly before sleeping: back-to-back layers arrive within microseconds.
-      for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-      }
+      for (int spin = 0; spin < 20000 && generation_.load(std::memory_order_acquire) == seen; ++spin) cpu_relax();
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [&] { return stop_ || generation_.load() != seen; });
       if (stop_) return;
       seen = generation_.load();
+      Job* job = job_;
+      if (!job) continue;
+      job->refs.fetch_add(1, std::memory_order_relaxed);
       lk.unlock();
-      work();
-      lk.lock();
-      if (--active_ == 0) done_cv_.notify_one();
+      execute(*job);
+      job->refs.fetch_sub(1, std::memory_order_release);
     }
   }
 
@@ -108,17 +131,18 @@ class Pool {
   }
 
   std::mutex run_mu_;  // one parallel_for at a time
-  std::mutex mu_;
-  std::condition_variable cv_, done_cv_;
+  std::mutex mu_;      // guards job_, stop_ and the generation handshake
+  std::condition_variable cv_;
   std::vector<std::thread> workers_;
   int nthreads_ = 1;
   bool stop_ = false;
   std::atomic<std::uint64_t> generation_{0};
-  const std::function<void(std::int64_t)>* fn_ = nullptr;
-  std::int64_t ntasks_ = 0;
-  std::atomic<std::int64_t> next_{0};
-  int active_ = 0;
+  Job* job_ = nullptr;
 };
+
+}  // namespace
+
+namespace {
 
 Pool& pool() {
   static Pool* p = [] {

@@ -325,3 +325,31 @@ def test_env_overrides() -> None:
     assert r.stdout.split() == ["scalar", "3"]
     bad = _run_env({"BINPOSE_ISA": "avx9000"}, code)
     assert bad.returncode != 0 and "BINPOSE_ISA" in bad.stderr
+
+
+def test_concurrent_calls_from_python_threads() -> None:
+    """Several Python threads share the kernel pool (calls are serialized inside, GIL released): all results exact."""
+    import concurrent.futures
+
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((1, 6, 7, 33)).astype(np.float32) for _ in range(8)]
+    wf = rng.standard_normal((20, 33, 3, 3)).astype(np.float32)
+    pw = kernels.PackedConvWeights.from_float(wf)
+    refs = [
+        F.conv2d(sgn(torch.from_numpy(x).permute(0, 3, 1, 2)), sgn(torch.from_numpy(wf)), None, 1, 1)
+        .permute(0, 2, 3, 1)
+        .numpy()
+        for x in xs
+    ]
+
+    def work(i: int) -> bool:
+        out = kernels.bconv2d(kernels.pack_activations(xs[i]), pw, padding=1).out
+        return out is not None and np.array_equal(out, refs[i])
+
+    before = kernels.get_num_threads()
+    kernels.set_num_threads(2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            assert all(ex.map(work, list(range(8)) * 5))
+    finally:
+        kernels.set_num_threads(before)
