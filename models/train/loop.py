@@ -105,15 +105,25 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain values, so checkpoints load with ``torch.load(weights_only=True)``."""
+    version, mt, gauss = random.getstate()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, cached = np_state
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -134,8 +144,8 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # weights_only=False: the checkpoint holds RNG states (numpy arrays, tuples) besides tensors. Load trusted files.
-    ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=False)
+    """Load with ``weights_only=True``: a checkpoint holds only tensors and plain containers (no pickled code)."""
+    ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a binpose checkpoint (a dict with 'model', 'overrides', 'state_dict')")
     return ckpt
@@ -515,7 +525,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
             "step_in_epoch": self.step_in_epoch, "rng": rngs, "world_size": self.env.world_size, "best": self.best,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }  # fmt: skip
 
     def save(self, name: str = "last.pt") -> Path | None:

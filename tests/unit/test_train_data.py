@@ -298,3 +298,38 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         load_config("pose", path)
     with pytest.raises(ValueError, match="key=value"):
         load_config("classify", path, ["optim.lr"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "models/train/configs").glob("*.yaml")))
+def test_bundled_configs_load_and_build(path: Path) -> None:
+    import yaml
+
+    import models
+
+    task = yaml.safe_load(path.read_text())["task"]
+    cfg = load_config(task, path)
+    spec = models.get_spec(cfg["model"]["name"], **cfg["model"]["overrides"])
+    assert spec.task == ("classification" if task == "classify" else "pose")
+    if "imagenet" in path.name:  # the paper's recipe
+        assert cfg["optim"]["lr"] == 2.5e-3 and cfg["optim"]["schedule"] == "linear" and cfg["epochs"] == 120
+        assert cfg["batch_size"] == 256 and cfg["optim"]["weight_decay"] == 0.0
+        assert cfg["distill"]["alpha"] == 0.9 and cfg["distill"]["temperature"] == 1.0
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    from models.train.loop import _rng_state, _set_rng_state
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in NumPy's legacy state
+    torch.save({"rng": [_rng_state()]}, tmp_path / "s.pt")
+    expected = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    _set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"][0])
+    got = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
