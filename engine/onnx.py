@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def export_onnx(model: nn.Module, out: str | os.PathLike[str], batch: int = 1) -
     x = torch.zeros(batch, spec.in_chans, h, w)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter: the dynamo one needs onnxscript, which binpose does not depend on
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             net, (x,), str(path), input_names=["input"], output_names=["output"], opset_version=OPSET,
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, do_constant_folding=True, dynamo=False,
