@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -181,7 +182,7 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
     return rows
 
 
-def to_markdown(rows: list[dict[str, object]], command: str) -> str:
+def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str:
     has_ov = any("openvino_binary_ms" in r for r in rows)
     head = (
         "| threads | net | layer (output, cin->cout) | binary ms | binary GMAC/s | bits-out ms | pack ms "
@@ -193,8 +194,14 @@ def to_markdown(rows: list[dict[str, object]], command: str) -> str:
         "",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; ISA {rows[0]['isa'] if rows else '?'};"
         f" torch {torch.__version__}.",
-        "Timing: 1 thread = median thread CPU time per call (robust to other processes on the 2 shared cores); "
-        "2 threads = best wall time of 7 batches.",
+        "Timing: 1 thread = median thread CPU time per call (robust to other processes on the shared cores); "
+        "2+ threads = best wall time of 7 batches.",
+        f"Load average during the run: {load:.1f} on {os.cpu_count()} CPUs"
+        + (
+            " -- other jobs shared the cores, so multi-thread wall times measure the scheduler, not the kernels."
+            if load > 1.5
+            else "."
+        ),
         "binary ms: packed input -> float NHWC output with scale/shift epilogue; bits-out ms: same but writing the "
         "next layer's packed bits only; pack ms: packing the float input (fused into the previous epilogue in a "
         "network).",
@@ -221,15 +228,18 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", default=None, help="only these groups (resnet18, simplebaseline, hrnet-w32)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     rows = run(args.threads, args.min_time, set(args.shapes) if args.shapes else None)
+    load = max(load_before, os.getloadavg()[0])
     command = ".venv/bin/python -m benchmarks.bench_layers"
     if args.threads != [1, 2]:
         command += " --threads " + " ".join(map(str, args.threads))
     if args.shapes:
         command += " --shapes " + " ".join(args.shapes)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layers.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
-    md = to_markdown(rows, command)
+    meta = {"command": command, "cpus": os.cpu_count(), "load_average_1min": load, "torch": torch.__version__}
+    (args.out / "layers.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    md = to_markdown(rows, command, load)
     (args.out / "layers.md").write_text(md)
     print(md)
 

@@ -69,12 +69,19 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
 
 // Channel chunk outer, pixels inner: per-channel parameters are loaded once per tile. Bits are gathered per pixel
 // into whole 32-bit words (relative to oc0) and OR-ed into the zeroed output once per word.
-void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
+void epilogue_avx512(const EpilogueParams& ep, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
                      const std::int64_t* q, int npix, int oc0, int n, int K) {
-  const int C = e.out_channels;
+  const EpilogueParams e = ep;  // a local copy: the compiler then knows stores to the output cannot change it
+  const std::int64_t C = e.out_channels;
   const __m512i vK = _mm512_set1_epi32(K);
   const __m512 zero = _mm512_setzero_ps();
   std::uint32_t words[kMaxTile][4] = {};
+  float* outp[kMaxTile];
+  const float* resp[kMaxTile];
+  for (int p = 0; p < npix; ++p) {
+    outp[p] = e.out ? e.out + q[p] * C + oc0 : nullptr;
+    resp[p] = e.residual ? e.residual + q[p] * C + oc0 : nullptr;
+  }
   for (int i = 0; i < n; i += kLanes) {
     const int cnt = n - i < kLanes ? n - i : kLanes;
     const __mmask16 m = static_cast<__mmask16>(cnt == kLanes ? 0xFFFFu : (1u << cnt) - 1u);
@@ -89,11 +96,10 @@ void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, c
     }
     if (e.next_thr) thr = _mm512_maskz_loadu_ps(m, e.next_thr + o);
     for (int p = 0; p < npix; ++p) {
-      const std::int64_t base = q[p] * C + o;
       __m512i d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pop + p * ld + i), 1));
       if (corr_rows && corr_rows[p]) d = _mm512_sub_epi32(d, _mm512_loadu_si512(corr_rows[p] + i));
       __m512 y = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(d), sh);
-      if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.residual + base));
+      if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, resp[p] + i));
       if (e.act == kActPrelu) {
         const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
         y = _mm512_mask_blend_ps(pos, _mm512_mul_ps(slope, y), y);
@@ -102,7 +108,7 @@ void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, c
         const __mmask16 pos = _mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ);
         y = _mm512_add_ps(_mm512_mask_blend_ps(pos, _mm512_mul_ps(slope, t), t), zeta);
       }
-      if (e.out) _mm512_mask_storeu_ps(e.out + base, m, y);
+      if (e.out) _mm512_mask_storeu_ps(outp[p] + i, m, y);
       if (e.out_bits) {
         const std::uint32_t bits = _mm512_mask_cmp_ps_mask(m, _mm512_add_ps(y, thr), zero, _CMP_LT_OQ);
         words[p][i >> 5] |= bits << (i & 31);
