@@ -55,25 +55,29 @@ SHAPES = [
 ]
 
 
-def bench(fn: Callable[[], object], min_time: float, threads: int) -> float:
-    """Seconds per call, robust to other processes sharing the cores.
+def bench(fns: dict[str, Callable[[], object]], min_time: float, threads: int) -> dict[str, float]:
+    """Seconds per call of each function, robust to other processes sharing the cores.
 
+    The functions are sampled in turns (7 rounds), so a change of load or clock hits all of them alike.
     1 thread: median of the calling thread's CPU time per call (all work runs on it; time spent descheduled by
-    other processes is not counted). More threads: minimum wall time per call over 7 batches.
+    other processes is not counted). More threads: minimum wall time per call.
     """
     clock = time.thread_time if threads == 1 else time.perf_counter
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    reps = max(1, int(min_time / 7 / one))
-    samples = []
+    reps: dict[str, int] = {}
+    for name, fn in fns.items():
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        reps[name] = max(1, int(min_time / 7 / max(time.perf_counter() - t0, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(7):
-        t0 = clock()
-        for _ in range(reps):
-            fn()
-        samples.append((clock() - t0) / reps)
-    return statistics.median(samples) if threads == 1 else min(samples)
+        for name, fn in fns.items():
+            t0 = clock()
+            for _ in range(reps[name]):
+                fn()
+            samples[name].append((clock() - t0) / reps[name])
+    pick = statistics.median if threads == 1 else min
+    return {name: pick(v) for name, v in samples.items()}
 
 
 def try_openvino() -> Callable[[Shape, int], Callable[[], object]] | None:
@@ -141,14 +145,11 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
                 with torch.no_grad():
                     return torch.nn.functional.conv2d(xt, wt, None, st, 1)
 
-            t_bin = bench(binary, min_time, threads)
-            t_bits = bench(binary_bits, min_time, threads)
-
             def pack(x: np.ndarray = x) -> object:
                 return kernels.pack_activations(x)
 
-            t_pack = bench(pack, min_time, threads)
-            t_torch = bench(fp32, min_time, threads)
+            t = bench({"bin": binary, "bits": binary_bits, "pack": pack, "torch": fp32}, min_time, threads)
+            t_bin, t_bits, t_pack, t_torch = t["bin"], t["bits"], t["pack"], t["torch"]
             row: dict[str, object] = {
                 **asdict(s),
                 "threads": threads,
@@ -165,7 +166,7 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
             }
             if ov_make is not None:
                 try:
-                    t_ov = bench(ov_make(s, threads), min_time, threads)
+                    t_ov = bench({"ov": ov_make(s, threads)}, min_time, threads)["ov"]
                 except Exception as exc:  # an OpenVINO build without BinaryConvolution: skip it
                     print(f"OpenVINO skipped: {exc}")
                     ov_make = None
