@@ -389,7 +389,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path, main_metric: str) -> 
     if evals:
         axes[1].plot([r["epoch"] for r in evals], [r.get(main_metric, np.nan) for r in evals], marker="o",
                      label=f"val {main_metric}")  # fmt: skip
-        axes[1].plot([r["epoch"] for r in evals], [r.get("train_loss", np.nan) for r in evals], alpha=0)
         axes[1].legend()
     axes[0].set(title="training loss", xlabel="step")
     axes[1].set(title=f"validation {main_metric}", xlabel="epoch")
