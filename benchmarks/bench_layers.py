@@ -183,6 +183,16 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
     return rows
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str:
     has_ov = any("openvino_binary_ms" in r for r in rows)
     head = (
@@ -193,7 +203,7 @@ def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str
     lines = [
         f"Binary 3x3 convs (batch 1, padding 1) vs torch FP32 conv2d, same run. Command: `{command}`",
         "",
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; ISA {rows[0]['isa'] if rows else '?'};"
+        f"Machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} CPUs; ISA {rows[0]['isa'] if rows else '?'};"
         f" torch {torch.__version__}.",
         "Timing: 1 thread = median thread CPU time per call (robust to other processes on the shared cores); "
         "2+ threads = best wall time of 7 batches.",
@@ -214,7 +224,7 @@ def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str
         line = (
             f"| {r['threads']} | {r['group']} | {r['name']} | {r['binary_ms']:.3f} | {r['binary_gmacs']:.0f} "
             f"| {r['binary_bits_out_ms']:.3f} | {r['pack_input_ms']:.3f} | {r['torch_fp32_ms']:.3f} "
-            f"| {r['speedup']:.1f}x |"
+            + (f"| {r['speedup']:.1f}x |" if int(str(r["threads"])) == 1 or load <= 1.5 else "| (contended) |")
         )
         if has_ov:
             line += f" {r['openvino_binary_ms']:.3f} |" if "openvino_binary_ms" in r else " - |"
@@ -228,7 +238,12 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
     ap.add_argument("--shapes", nargs="*", default=None, help="only these groups (resnet18, simplebaseline, hrnet-w32)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--render-only", action="store_true", help="rewrite layers.md from an existing layers.json")
     args = ap.parse_args()
+    if args.render_only:
+        data = json.loads((args.out / "layers.json").read_text())
+        (args.out / "layers.md").write_text(to_markdown(data["rows"], data["command"], data["load_average_1min"]))
+        return
     load_before = os.getloadavg()[0]
     rows = run(args.threads, args.min_time, set(args.shapes) if args.shapes else None)
     load = max(load_before, os.getloadavg()[0])
