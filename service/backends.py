@@ -292,6 +292,11 @@ def load_onnx(name: str, options: LoadOptions) -> LoadedModel:
         export_onnx(module, onnx_path)
         provenance = {"exported_from": provenance} if isinstance(provenance, str) else provenance
     so = ort.SessionOptions()
+    if module.spec.binary:
+        # ORT_ENABLE_ALL's layout transforms (NCHWc convolutions) change float rounding enough to flip sign bits,
+        # which cascade through binary layers: on a real crop sbpn-r18's heatmaps moved by 3.5 against torch, while
+        # EXTENDED (fusions without the layout change) stays within 2e-6. Float networks keep every optimization.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if options.threads > 0:
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1

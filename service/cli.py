@@ -43,6 +43,12 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     if "models" in overrides:
         overrides["models"] = [n.strip() for item in overrides["models"] for n in item.split(",") if n.strip()]
     settings = Settings(**overrides)
+    import models
+
+    unknown = [name for name in settings.models if name not in models.list_models()]
+    if unknown:
+        logger.error("unknown model(s) %s; registered: %s", unknown, ", ".join(models.list_models()))
+        return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     logger.info("serving %s on %s:%d (backend %s)", settings.models, settings.host, settings.port, settings.backend)
     uvicorn.run(create_app(settings), **app_kwargs(settings))

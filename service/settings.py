@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The repository's weights/ folder (bundled .bnn files and manifest.json), wherever the server is started from.
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 BackendName = Literal["auto", "packed", "torch", "onnx"]
 
 
@@ -27,7 +29,7 @@ class Settings(BaseSettings):
     pose_model: str | None = Field(default=None, description="default pose model; the first pose model loaded if unset")
     classify_model: str | None = Field(default=None, description="default classification model; the first one if unset")
     weights_dir: Path = Field(
-        default=Path("weights"), description="where NAME.bnn, NAME.pt, NAME.onnx and manifest.json live"
+        default=BUNDLED_WEIGHTS, description="where NAME.bnn, NAME.pt, NAME.onnx and manifest.json live"
     )
     cache_dir: Path | None = Field(default=None, description="where ONNX exports are written; a temporary folder if unset")
     model_overrides: dict[str, dict[str, Any]] = Field(

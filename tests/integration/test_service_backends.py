@@ -91,9 +91,6 @@ def _skip_reason(backend: str) -> str | None:
     if backend == "packed" and not has("engine.pack", "pack_model"):
         return "engine.pack.pack_model is not available yet (engine issue)"
     if backend == "onnx" and not has("engine.onnx", "export_onnx"):
-        # torch.onnx's own export is no stand-in: for sbpn-r18 (seed 0) it agrees with torch to 2e-6 on random
-        # inputs but differs by up to 3.5 on the heatmaps of one of this test's real crops (a sign flip cascading
-        # through the binary layers), so the comparison would test that exporter, not the service.
         return "engine.onnx.export_onnx is not available yet (engine issue)"
     return None
 

@@ -30,7 +30,7 @@ def jpeg() -> bytes:
 
 
 def post_pose(url: str, boxes: list[list[float]]) -> httpx.Response:
-    with httpx.Client(base_url=url, timeout=120) as c:
+    with httpx.Client(base_url=url, timeout=600) as c:
         return c.post("/v1/pose", files={"image": ("x.jpg", jpeg(), "image/jpeg")}, data={"boxes": json.dumps(boxes)})
 
 
@@ -44,34 +44,37 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """One crop per network call, at most 6 crops queued, a 0.25 s deadline: a network call of sbpn-r18 in the
-    float-simulated torch backend takes about 0.1 s here, so six crops cannot finish in time."""
-    env = {
-        "BINPOSE_MODELS": MODEL,
-        "BINPOSE_BACKEND": "torch",
-        "BINPOSE_MAX_BATCH_SIZE": "1",
-        "BINPOSE_QUEUE_SIZE": "6",
-        "BINPOSE_REQUEST_TIMEOUT_S": "0.25",
-    }
-    log = tmp_path_factory.mktemp("tight") / "server.log"
-    with ServiceProcess(env=env, log_path=log) as proc:
+def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One crop per network call and at most 2 crops queued, with a long deadline so the queue stays full."""
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1",
+           "BINPOSE_QUEUE_SIZE": "2", "BINPOSE_REQUEST_TIMEOUT_S": "300"}  # fmt: skip
+    with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("busy") / "server.log") as proc:
         yield proc
 
 
-def test_overload_answers_503_with_retry_after(tight_server: ServiceProcess) -> None:
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One crop per network call and a 0.25 s deadline: a network call of sbpn-r18 in the float-simulated torch
+    backend takes about 0.1 s here (more on a busy machine), so six crops cannot finish in time."""
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1",
+           "BINPOSE_QUEUE_SIZE": "6", "BINPOSE_REQUEST_TIMEOUT_S": "0.25"}  # fmt: skip
+    with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("tight") / "server.log") as proc:
+        yield proc
+
+
+def test_overload_answers_503_with_retry_after(busy_server: ServiceProcess) -> None:
     box = [[100.0, 50.0, 300.0, 450.0]]
     with ThreadPoolExecutor(24) as pool:
-        responses = list(pool.map(lambda _: post_pose(tight_server.url, box), range(24)))
+        responses = list(pool.map(lambda _: post_pose(busy_server.url, box), range(24)))
     statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 503, 504}, statuses
+    assert set(statuses) <= {200, 503}, statuses
     refused = [r for r in responses if r.status_code == 503]
-    assert refused, f"24 concurrent requests against a queue of 6 were all accepted: {statuses}"
+    assert refused, f"24 concurrent requests against a queue of 2 were all accepted: {statuses}"
     for r in refused:
         assert r.json()["error"]["code"] == "overloaded"
         assert int(r.headers["retry-after"]) >= 1
-    assert metric(tight_server.url, "binpose_rejected_requests_total", model=MODEL, reason="overload") >= len(refused)
-    assert tight_server.get("/readyz")[0] == 200
+    assert metric(busy_server.url, "binpose_rejected_requests_total", model=MODEL, reason="overload") >= len(refused)
+    assert busy_server.get("/readyz")[0] == 200
 
 
 def test_deadline_answers_504_and_server_keeps_serving(tight_server: ServiceProcess) -> None:
@@ -88,11 +91,13 @@ def test_deadline_answers_504_and_server_keeps_serving(tight_server: ServiceProc
 
 
 def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
-    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_LOG_LEVEL": "info"}
+    # Generous deadlines: this test is about shutdown, and a busy machine must not turn it into a timeout test.
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_LOG_LEVEL": "info",
+           "BINPOSE_REQUEST_TIMEOUT_S": "600", "BINPOSE_SHUTDOWN_TIMEOUT_S": "600"}  # fmt: skip
     server = ServiceProcess(env=env, log_path=tmp_path / "server.log").start()
     try:
-        boxes = [[100.0, 50.0, 300.0, 450.0], [300.0, 40.0, 500.0, 470.0], [0.0, 0.0, 200.0, 300.0]]
-        n = 6
+        boxes = [[100.0, 50.0, 300.0, 450.0], [300.0, 40.0, 500.0, 470.0]]
+        n = 4
         results: list[httpx.Response | BaseException] = []
         lock = threading.Lock()
 
@@ -107,26 +112,28 @@ def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
         threads = [threading.Thread(target=client) for _ in range(n)]
         for t in threads:
             t.start()
-        # Wait until the server has accepted all of them (18 crops at 2 per call keep it busy for a while).
+        # Wait until the server has accepted all of them (8 crops at 2 per call keep it busy for a while).
         deadline = time.monotonic() + 30
         while metric(server.url, "binpose_requests_in_flight", endpoint="/v1/pose") < n:
             assert time.monotonic() < deadline, "the requests were never all in flight"
             time.sleep(0.02)
         server.proc.send_signal(15)  # type: ignore[union-attr]
-        time.sleep(0.3)
         # No new connections once shutdown has begun...
-        assert server.get("/healthz", timeout_s=2)[0] == 0
+        deadline = time.monotonic() + 60
+        while server.get("/healthz", timeout_s=2)[0] != 0:
+            assert time.monotonic() < deadline, "the server still accepts connections a minute after SIGTERM"
+            time.sleep(0.1)
         for t in threads:
-            t.join(timeout=120)
+            t.join(timeout=600)
         # ...and every accepted request got its full answer.
         assert len(results) == n
         for r in results:
             assert isinstance(r, httpx.Response), repr(r)
             assert r.status_code == 200, r.text
             persons = r.json()["persons"]
-            assert len(persons) == 3 and all(len(p["keypoints"]) == 17 for p in persons)
+            assert len(persons) == 2 and all(len(p["keypoints"]) == 17 for p in persons)
         # uvicorn re-raises SIGTERM once its graceful shutdown is done, so the exit status is -15 (or 0).
-        assert server.terminate(timeout_s=60) in (0, -15)
+        assert server.terminate(timeout_s=600) in (0, -15)
         log = server.log_text()
         assert "Finished server process" in log and "shutdown complete" in log, log[-3000:]
     finally:
