@@ -138,3 +138,12 @@ def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
         assert "Finished server process" in log and "shutdown complete" in log, log[-3000:]
     finally:
         server.stop()
+
+
+def test_not_ready_while_models_cannot_load(tmp_path: Path) -> None:
+    """Readiness stays 503, with the reason, when a configured model cannot be loaded (no .bnn for the packed
+    backend)."""
+    server = ServiceProcess(env={"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "packed",
+                                 "BINPOSE_WEIGHTS_DIR": str(tmp_path)}, log_path=tmp_path / "server.log")  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"could not load its models.*not_ready.*does not exist"):
+        server.start()
