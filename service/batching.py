@@ -1,20 +1,25 @@
 """Micro-batching: crops from one request and from concurrent requests share network calls.
 
-A batch starts when it holds `max_batch_size` items or when its oldest item has waited `max_wait_s`, whichever comes
-first. The queue is bounded (in items): a request that would overflow it is refused at once (503 + Retry-After), so
-latency stays bounded under overload instead of growing without limit. The network runs in a worker thread, so the
-event loop keeps accepting and answering while a batch computes. A request cancelled by its deadline leaves its
-waiting items behind; they are dropped, not computed.
+A batch starts when it holds `max_batch_size` items, or when its oldest item has waited `max_wait_s`, or at once when
+no other request is on its way: requests announce themselves (`expect`) while they decode and crop, so a lone request
+pays no wait while concurrent ones still meet in one batch. Items that arrive while the network is busy simply queue
+and go together in the next call.
+
+The queue is bounded (in items): a request that would overflow it is refused at once (503 + Retry-After), so latency
+stays bounded under overload instead of growing without limit. The network runs in a worker thread, so the event loop
+keeps accepting and answering while a batch computes. A request cancelled by its deadline leaves its waiting items
+behind; they free their places at once and are never computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -33,6 +38,11 @@ class BatchResult:
     outputs: np.ndarray  # one row per submitted item, in order
     queue_seconds: float  # longest wait of the request's items before their batch started
     compute_seconds: float  # network time of the batches the request's items were in
+
+
+@dataclass
+class Expectation:
+    done: bool = False
 
 
 @dataclass
@@ -77,6 +87,7 @@ class MicroBatcher:
         self._metrics = metrics
         self._pending: deque[tuple[_Job, int]] = deque()
         self._live = 0  # waiting items of requests that still want them
+        self._expected = 0  # requests announced by `expect` that have not submitted yet
         self._wakeup = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -103,7 +114,25 @@ class MicroBatcher:
         batches_ahead = math.ceil(max(self.depth, 1) / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self._mean_compute_s))
 
-    async def submit(self, items: np.ndarray) -> BatchResult:
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[Expectation]:
+        """Announce a request that will `submit` soon (it is decoding and cropping), so a filling batch waits for
+        it, up to max_wait. Pass the yielded token to `submit`; leaving the block without submitting withdraws it."""
+        token = Expectation()
+        self._expected += 1
+        try:
+            yield token
+        finally:
+            self._withdraw(token)
+
+    def _withdraw(self, token: Expectation | None) -> None:
+        if token is not None and not token.done:
+            token.done = True
+            self._expected -= 1
+            self._wakeup.set()  # a batch waiting for this request need not wait any more
+
+    async def submit(self, items: np.ndarray, expectation: Expectation | None = None) -> BatchResult:
+        self._withdraw(expectation)
         n = int(items.shape[0])
         if n == 0:
             return BatchResult(np.zeros((0,), np.float32), 0.0, 0.0)
@@ -155,7 +184,7 @@ class MicroBatcher:
 
     async def _wait_to_fill(self) -> None:
         deadline = self._pending[0][0].enqueued_at + self.max_wait_s
-        while not self._closed and self._live < self.max_batch_size:
+        while not self._closed and self._live < self.max_batch_size and self._expected > 0:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

@@ -19,8 +19,10 @@ async def run_classify(service: ServiceState, request: Request) -> ClassifyRespo
     started = time.perf_counter()
     data, options = await read_image_request(request, ClassifyOptions)
     loaded = service.model_for(options.model, "classification", request)
-    x, timings = await service.in_thread(plan_classify, data, loaded.spec, service.settings.max_image_pixels)
-    result = await service.batchers[loaded.name].submit(x)
+    batcher = service.batchers[loaded.name]
+    with batcher.expect() as token:
+        x, timings = await service.in_thread(plan_classify, data, loaded.spec, service.settings.max_image_pixels)
+        result = await batcher.submit(x, token)
     t = time.perf_counter()
     classes = finish_classify(result.outputs[0], loaded.spec, options.top_k)
     return ClassifyResponse(

@@ -38,8 +38,10 @@ async def run_pose(
     data, options = await read_image_request(request, options_cls)
     loaded = service.model_for(options.model, "pose", request)
     s = service.settings
-    plan = await service.in_thread(plan_pose, data, options, loaded.spec, s.max_image_pixels, s.max_persons)
-    result = await service.batchers[loaded.name].submit(plan.inputs)
+    batcher = service.batchers[loaded.name]
+    with batcher.expect() as token:
+        plan = await service.in_thread(plan_pose, data, options, loaded.spec, s.max_image_pixels, s.max_persons)
+        result = await batcher.submit(plan.inputs, token)
     t = time.perf_counter()
     persons = await service.in_thread(finish_pose, plan, result.outputs, loaded.spec, options.score_threshold)
     service.metrics.persons.labels(model=loaded.name).observe(len(persons))

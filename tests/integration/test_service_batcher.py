@@ -1,6 +1,7 @@
-"""The micro-batcher alone, in one event loop with a fake network whose calls are recorded: batches up to the maximum,
-a partial batch leaves after max_wait, items of one request may span batches and come back in order, the queue bound
-refuses at once, cancelled requests free their places and are never computed, close() drains."""
+"""The micro-batcher alone, in one event loop with a fake network whose calls are recorded: batches up to the
+maximum, a partial batch waits (up to max_wait) only for announced requests, items of one request may span batches
+and come back in order, the queue bound refuses at once, cancelled requests free their places and are never
+computed, close() drains."""
 
 from __future__ import annotations
 
@@ -62,14 +63,28 @@ def test_concurrent_requests_are_batched_and_answered_in_order() -> None:
     asyncio.run(main())
 
 
-def test_partial_batch_leaves_after_max_wait() -> None:
+def test_lone_request_does_not_wait_but_announced_ones_are_awaited() -> None:
     async def main() -> None:
         net = FakeNet()
-        b, pool = make(net, max_wait_s=0.1)
+        b, pool = make(net, max_wait_s=0.2)
         t = time.perf_counter()
-        result = await b.submit(items(7))
+        await b.submit(items(1))  # nobody else is coming: no wait
+        assert time.perf_counter() - t < 0.1
+
+        # Another request announced itself (it is still decoding): the batch waits for it, then both go together.
+        with b.expect() as first, b.expect() as second:
+            a = asyncio.ensure_future(b.submit(items(2), first))
+            await asyncio.sleep(0.05)
+            c = asyncio.ensure_future(b.submit(items(3), second))
+            await asyncio.gather(a, c)
+        assert net.batches[-1] == [2, 3]
+
+        # An announced request that never submits (it failed to decode) holds the batch at most max_wait.
+        t = time.perf_counter()
+        with b.expect():
+            result = await b.submit(items(4))
         waited = time.perf_counter() - t
-        assert 0.09 <= waited < 1.0 and result.queue_seconds >= 0.09
+        assert 0.15 <= waited < 1.0 and result.queue_seconds >= 0.15
         await b.close()
         pool.shutdown()
 
