@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 __all__ = ["load"]
 
 
-def load(path: Any, num_threads: int | None = None) -> PackedModel:
+def load(path: Any, num_threads: int | None = None, torch_threads: int = 1) -> PackedModel:
     """Load a .bnn file: see :func:`engine.runtime.load`."""
     from engine.runtime import load as _load
 
-    return _load(path, num_threads)
+    return _load(path, num_threads, torch_threads)

@@ -15,6 +15,7 @@ Fusions (all exact up to float rounding of the folded parameters):
   binary conv, also through nearest upsampling (sgn commutes with it: bits are upsampled, not floats);
 - float conv + BatchNorm (+ PReLU) -> one conv with folded weights and bias, then the activation;
 - a monotone PReLU (all slopes >= 0) followed by max-pooling is swapped so the activation runs on 4x fewer pixels;
+- a channel pool after a nearest upsampling runs before it (they commute), on 4x fewer pixels;
 - dead float values (e.g. a float upsample whose only consumer was a binary conv) are removed.
 """
 
@@ -515,8 +516,17 @@ class _Lowering:
     def _lower_channel_pool(self, node: _Node) -> None:
         m = node.module
         assert isinstance(m, ChannelPool)
-        self._emit({"type": "channel_pool", "inputs": {"x": node.args[0]}, "outputs": {"y": node.name},
-                    "attrs": {"ratio": int(m.ratio)}})
+        src = self.nodes[node.args[0]]
+        if src.kind == "upsample":
+            # both are linear and act on different axes: pool the channels first, upsample r x fewer values
+            pre = f"{node.name}#pre"
+            self._emit({"type": "channel_pool", "inputs": {"x": src.args[0]}, "outputs": {"y": pre},
+                        "attrs": {"ratio": int(m.ratio)}})
+            self._emit({"type": "upsample", "inputs": {"x": pre}, "outputs": {"y": node.name},
+                        "attrs": {"factor": src.attrs["factor"]}})
+        else:
+            self._emit({"type": "channel_pool", "inputs": {"x": node.args[0]}, "outputs": {"y": node.name},
+                        "attrs": {"ratio": int(m.ratio)}})
         if node.args[0] in self.channels:
             self.channels[node.name] = self.channels[node.args[0]] // m.ratio
 

@@ -6,8 +6,10 @@ heads) run in torch on channels-last tensors, so no layout reorder happens betwe
 value is a torch tensor with NCHW shape and NHWC memory, and its ``permute(0, 2, 3, 1)`` is the kernels' C-contiguous
 NHWC array without a copy.
 
-Threads: the kernels have their own pool; torch's intra-op pool is set to the same size while a PackedModel runs
-(the two never run at the same time, so each may use every core, never both at once).
+Threads: the binary kernels run on their own pool (``num_threads``, default ``BINPOSE_THREADS`` or all CPUs); torch's
+intra-op pool is set to ``torch_threads`` (default 1) when a PackedModel runs. The float glue is small, and an OpenMP
+pool that spins after each torch op beside the kernels' pool is exactly the oversubscription that wrecks a 2-core
+machine (measured: resnet18 b1 with 2 kernel threads, 47 ms with 1 torch thread vs 459 ms with 2, same run).
 """
 
 from __future__ import annotations
@@ -268,7 +270,9 @@ class PackedModel:
     """A .bnn network ready to run. Call it on a float32 NCHW tensor (any batch); it returns what the float-simulated
     module returns in eval mode (same structure, values equal up to float rounding of the folded parameters)."""
 
-    def __init__(self, bnn: BnnFile, path: str | None = None, num_threads: int | None = None) -> None:
+    def __init__(
+        self, bnn: BnnFile, path: str | None = None, num_threads: int | None = None, torch_threads: int = 1
+    ) -> None:
         self.path = path
         self._bnn = bnn
         self.graph = bnn.graph
@@ -280,6 +284,7 @@ class PackedModel:
         self.file_bytes: int = bnn.file_bytes
         self.format_version: int = bnn.format_version
         self.num_threads = int(num_threads or os.environ.get("BINPOSE_THREADS") or kernels.get_num_threads())
+        self.torch_threads = int(torch_threads)
         try:
             self._inputs: list[str] = list(self.graph["inputs"])
             self._output: Any = self.graph["output"]
@@ -307,8 +312,8 @@ class PackedModel:
     def _threads(self) -> None:
         if kernels.get_num_threads() != self.num_threads:
             kernels.set_num_threads(self.num_threads)
-        if torch.get_num_threads() != self.num_threads:
-            torch.set_num_threads(self.num_threads)
+        if torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -357,7 +362,8 @@ class PackedModel:
         return f"PackedModel({self.name!r}, ops={len(self._ops)}, bytes={self.file_bytes}, sha256={self.sha256[:12]})"
 
 
-def load(path: str | os.PathLike[str], num_threads: int | None = None) -> PackedModel:
+def load(path: str | os.PathLike[str], num_threads: int | None = None, torch_threads: int = 1) -> PackedModel:
     """Load a .bnn file (contract 5). Raises ``BnnFormatError`` (a ValueError) if it is truncated, tampered with or of
-    an unknown version, ``FileNotFoundError`` if there is no file."""
-    return PackedModel(read_bnn(path), str(path), num_threads)
+    an unknown version, ``FileNotFoundError`` if there is no file. ``num_threads``: the binary kernels' threads;
+    ``torch_threads``: torch's intra-op threads for the float glue while the model runs."""
+    return PackedModel(read_bnn(path), str(path), num_threads, torch_threads)
