@@ -186,3 +186,47 @@ def test_tiny_binary_network_learns(name: str) -> None:
         losses.append(loss.item())
     assert losses[0] > math.log(2) * 0.8
     assert min(losses[-10:]) < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp", "mlp-classifier"])
+def test_grid_backward_matches_elementwise_backward(name: str) -> None:
+    """Above GRID_THRESHOLD elements the learned estimators' backward runs on a grid; compare with the exact per-element
+    gradient written out by hand (as in test_learned_estimator_backward)."""
+    from models import binarizers
+
+    torch.manual_seed(0)
+    b = get_binarizer(name)
+    with torch.no_grad():
+        params = list(b.parameters())
+        for p in params:
+            p.mul_(3.0)
+    x = torch.randn(binarizers.GRID_THRESHOLD * 4) * 0.7
+    g = torch.randn_like(x)
+    weights = [p.detach() for p in params]
+    expected_x = _reference_learned_grad(weights, x, margin=name == "mlp-classifier") * g.double()
+    got_x = _grad_of(b, x, g).double()
+    close = (got_x - expected_x).abs() <= 1e-3 * (1 + expected_x.abs())
+    assert close.float().mean() > 0.995  # only elements next to a gate |o_k| = 1 may differ
+    # Parameter gradients: exact per-element reference through plain autograd (float64). Inputs and incoming gradients
+    # of one sign, so the sum is not dominated by cancellation (with mixed signs the exact sum is ~sqrt(n) while each
+    # element next to a gate may be off by its own size, and no relative tolerance would be meaningful).
+    g, x = g.abs(), x.abs()
+    x64 = x.double()
+    layers = [w.double().requires_grad_(True) for w in weights]
+    if len(layers) == 1:
+        o = x64[:, None] * layers[0].reshape(1, 2)
+    else:
+        o = torch.tanh(x64[:, None] * layers[0].reshape(1, -1)) @ layers[1].T
+    s = F_hardtanh(o[:, 1] - o[:, 0]) if name == "mlp-classifier" else F_hardtanh(o).sum(dim=1)
+    expected_p = torch.autograd.grad((s * g.double()).sum(), layers)
+    for p in params:
+        p.grad = None
+    x_req = x.clone().requires_grad_(True)
+    (b(x_req) * g).sum().backward()
+    for p, e in zip(params, expected_p, strict=True):
+        assert p.grad is not None
+        assert torch.allclose(p.grad.double(), e, rtol=2e-2, atol=1e-2 * float(e.abs().max())), name
+
+
+def F_hardtanh(t: torch.Tensor) -> torch.Tensor:
+    return t.clamp(-1.0, 1.0)
