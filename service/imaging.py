@@ -48,7 +48,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             )  # fmt: skip
         try:
             img.load()
-            rgb = img.convert("RGB")
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
         except Exception as exc:
             raise ApiError(422, "undecodable_image", f"the {img.format} image cannot be decoded: {exc}") from None
     return np.asarray(rgb, dtype=np.uint8)

@@ -8,8 +8,6 @@ AP = AR = 0 without calling pycocotools, whose ``loadRes`` crashes on it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -18,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from models.coco import COCO_KEYPOINT_METRICS, coco_keypoint_eval
 from models.spec import COCO_OKS_SIGMAS
 
 logger = logging.getLogger(__name__)
 
-COCO_KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 PERSON_CATEGORY_ID = 1
 ScoredBox = tuple[list[float], float]  # [x1, y1, x2, y2] in image pixels, score
 
@@ -111,29 +109,8 @@ def evaluate_keypoints(
     sigmas: Sequence[float] = COCO_OKS_SIGMAS,
 ) -> dict[str, float]:
     """COCO keypoint AP/AR (OKS, maxDets 20) of ``results``, as fractions in [0, 1]."""
-    if not results:
-        logger.warning("no keypoint results to evaluate: AP and AR are 0")
-        return dict.fromkeys(COCO_KEYPOINT_METRICS, 0.0)
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # pycocotools prints its progress and tables
-        gt = COCO()
-        gt.dataset = ground_truth if isinstance(ground_truth, dict) else load_coco(ground_truth)
-        gt.createIndex()
-        unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
-        if unknown:
-            raise ValueError(f"results name image ids absent from the ground truth: {sorted(unknown)[:10]}")
-        dt = gt.loadRes([{k: v for k, v in r.items() if k != "bbox"} for r in results])
-        ev = COCOeval(gt, dt, "keypoints")
-        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    logger.debug("pycocotools:\n%s", printed.getvalue())
-    stats = ev.stats[: len(COCO_KEYPOINT_METRICS)]
-    return {name: float(v) for name, v in zip(COCO_KEYPOINT_METRICS, stats, strict=True)}
+    gt = ground_truth if isinstance(ground_truth, dict) else load_coco(ground_truth)
+    return coco_keypoint_eval(gt, results, sigmas)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
