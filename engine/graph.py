@@ -16,6 +16,7 @@ Fusions (all exact up to float rounding of the folded parameters):
 - float conv + BatchNorm (+ PReLU) -> one conv with folded weights and bias, then the activation;
 - a monotone PReLU (all slopes >= 0) followed by max-pooling is swapped so the activation runs on 4x fewer pixels;
 - a channel pool after a nearest upsampling runs before it (they commute), on 4x fewer pixels;
+- a nearest upsampling read only by a sum (HRNet fusion) is added as a broadcast view, never materialized;
 - dead float values (e.g. a float upsample whose only consumer was a binary conv) are removed.
 """
 
@@ -251,6 +252,8 @@ class _Lowering:
             node = self.nodes[name]
             getattr(self, f"_lower_{node.kind}")(node)
         self._assign_input_bits()
+        self._prune()
+        self._upsample_into_sums()
         self._prune()
         return {"inputs": self.inputs, "output": self.output, "ops": self.ops}
 
@@ -599,6 +602,29 @@ class _Lowering:
         for v in op["inputs"].values():
             vs += v if isinstance(v, list) else [v]
         return vs
+
+    def _upsample_into_sums(self) -> None:
+        """A float upsampling read only by a sum is added as a broadcast view instead of being materialized."""
+        producer = {v: op for op in self.ops for v in self._op_outputs(op)}
+        readers: dict[str, int] = {}
+        for op in self.ops:
+            for v in self._op_inputs(op):
+                readers[v] = readers.get(v, 0) + 1
+        outputs = set(self._output_values(self.output))
+        for op in self.ops:
+            if op["type"] != "sum":
+                continue
+            full, up, factors = [], [], []
+            for v in op["inputs"]["xs"]:
+                prod = producer.get(v)
+                if prod is not None and prod["type"] == "upsample" and readers.get(v) == 1 and v not in outputs:
+                    up.append(prod["inputs"]["x"])
+                    factors.append(int(prod["attrs"]["factor"]))
+                else:
+                    full.append(v)
+            if up and full:
+                op["inputs"] = {"xs": full, "up": up}
+                op["attrs"]["up_factors"] = factors
 
     def _prune(self) -> None:
         """Drop float outputs nobody reads and ops whose outputs are all dead."""

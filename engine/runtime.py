@@ -185,12 +185,19 @@ class _Compiler:
 
     def op_sum(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         xs, y = list(i["xs"]), o["y"]
+        ups = list(zip(i.get("up", []), a.get("up_factors", []), strict=True))
         act = self.act_fn(op)
 
         def run(env: Env) -> None:
-            total = env[xs[0]] + env[xs[1]]
+            total = _cl(env[xs[0]] + env[xs[1]] if len(xs) > 1 else env[xs[0]].clone())
             for v in xs[2:]:
                 total.add_(env[v])
+            if ups:
+                n, c, h, w = total.shape
+                t6 = total.permute(0, 2, 3, 1)  # NHWC view of the channels-last sum, written in place
+                for v, f in ups:
+                    low = env[v].permute(0, 2, 3, 1)
+                    t6.view(n, h // f, f, w // f, f, c).add_(low[:, :, None, :, None, :])
             env[y] = act(total) if act is not None else total
 
         return run
