@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.train.evaluate import coco_keypoint_eval, keypoint_results, oks_nms, write_results
+from models.coco import coco_keypoint_eval, keypoint_results, oks_nms, write_results
 
 
 def _fixture() -> tuple[dict[str, Any], list[tuple[int, np.ndarray]]]:
