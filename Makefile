@@ -33,7 +33,7 @@ serve: setup
 	$(VENV)/bin/binpose serve --port $(PORT)
 
 bench: setup
-	$(PY) -m benchmarks.run
+	$(VENV)/bin/binpose bench
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .mypy_cache
