@@ -40,7 +40,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    env = {"BINPOSE_MODELS": "sbpn-r18", "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "4"}
+    env = {"BINPOSE_MODELS": "sbpn-r18", "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "4", "BINPOSE_THREADS": "1"}
     with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("demo") / "server.log") as proc:
         yield proc
 

@@ -61,6 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]
         "BINPOSE_MAX_BATCH_SIZE": "8",
         "BINPOSE_MAX_WAIT_MS": "15",
         "BINPOSE_MAX_BODY_BYTES": str(BODY_LIMIT),
+        "BINPOSE_THREADS": "1",  # the test process computes references beside it on 2 cores
     }
     with ServiceProcess(env=env, log_path=log) as proc:
         yield proc

@@ -58,7 +58,8 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(backend: str, weights_dir: Path, log: Path) -> ServiceProcess:
     env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": backend, "BINPOSE_WEIGHTS_DIR": str(weights_dir),
-           "BINPOSE_CACHE_DIR": str(weights_dir / f"cache-{backend}"), "BINPOSE_MAX_BATCH_SIZE": "4"}  # fmt: skip
+           "BINPOSE_CACHE_DIR": str(weights_dir / f"cache-{backend}"), "BINPOSE_MAX_BATCH_SIZE": "4",
+           "BINPOSE_THREADS": "1"}  # fmt: skip
     return ServiceProcess(env=env, log_path=log).start()
 
 

@@ -46,7 +46,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """One crop per network call and at most 2 crops queued, with a long deadline so the queue stays full."""
-    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1",
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1", "BINPOSE_THREADS": "1",
            "BINPOSE_QUEUE_SIZE": "2", "BINPOSE_REQUEST_TIMEOUT_S": "300"}  # fmt: skip
     with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("busy") / "server.log") as proc:
         yield proc
@@ -56,7 +56,7 @@ def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
 def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """One crop per network call and a 0.25 s deadline: a network call of sbpn-r18 in the float-simulated torch
     backend takes about 0.1 s here (more on a busy machine), so six crops cannot finish in time."""
-    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1",
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "1", "BINPOSE_THREADS": "1",
            "BINPOSE_QUEUE_SIZE": "6", "BINPOSE_REQUEST_TIMEOUT_S": "0.25"}  # fmt: skip
     with ServiceProcess(env=env, log_path=tmp_path_factory.mktemp("tight") / "server.log") as proc:
         yield proc
@@ -92,7 +92,8 @@ def test_deadline_answers_504_and_server_keeps_serving(tight_server: ServiceProc
 
 def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
     # Generous deadlines: this test is about shutdown, and a busy machine must not turn it into a timeout test.
-    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_LOG_LEVEL": "info",
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_THREADS": "1",
+           "BINPOSE_LOG_LEVEL": "info",
            "BINPOSE_REQUEST_TIMEOUT_S": "600", "BINPOSE_SHUTDOWN_TIMEOUT_S": "600"}  # fmt: skip
     server = ServiceProcess(env=env, log_path=tmp_path / "server.log").start()
     try:
