@@ -51,7 +51,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    threads: int = Field(default=0, ge=0, description="intra-op threads of the backends; 0 = the library default")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="intra-op threads of the backends (the engine reads BINPOSE_THREADS too); "
+        "unset = each library's default",
+    )
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="how long SIGTERM waits for in-flight requests")
     warmup: bool = Field(default=True, description="run each model once on a full batch before reporting ready")
     log_level: str = "info"

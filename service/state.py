@@ -45,7 +45,11 @@ class ServiceState:
         loop = asyncio.get_running_loop()
         s = self.settings
         options = LoadOptions(
-            weights_dir=s.weights_dir, cache_dir=s.cache_dir, threads=s.threads, seed=s.seed, overrides=s.model_overrides
+            weights_dir=s.weights_dir,
+            cache_dir=s.cache_dir,
+            threads=s.threads or 0,
+            seed=s.seed,
+            overrides=s.model_overrides,
         )
         try:
             for name in s.models:
