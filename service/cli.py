@@ -53,7 +53,3 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     logger.info("serving %s on %s:%d (backend %s)", settings.models, settings.host, settings.port, settings.backend)
     uvicorn.run(create_app(settings), **app_kwargs(settings))
     return 0
-
-
-def score_main(argv: Sequence[str] | None = None) -> int:
-    raise NotImplementedError("`binpose score` is delivered by the operations issue (offline batch scoring)")
