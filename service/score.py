@@ -24,9 +24,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from models.coco import coco_keypoint_eval
 from service.score_coco import (
     annotation_keypoint_results,
-    evaluate_keypoints,
     format_metrics,
     ground_truth_boxes,
     load_coco,
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update(persons=len(results), images_without_persons=report["scored"] - len(with_persons))
         if ns.eval:
             assert gt is not None
-            metrics = evaluate_keypoints(gt, results)
+            metrics = coco_keypoint_eval(gt, results)
             report["metrics"] = metrics
             sys.stdout.write(format_metrics(metrics) + "\n")
     else:

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.coco import COCO_KEYPOINT_METRICS, coco_keypoint_eval
-from models.spec import COCO_OKS_SIGMAS
+from models.coco import COCO_KEYPOINT_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -101,16 +100,6 @@ def annotation_keypoint_results(gt: dict[str, Any]) -> list[dict[str, Any]]:
         triples = [[x, y, 1.0 if v > 0 else 0.0] for x, y, v in kps]
         results.append(keypoint_result(int(ann["image_id"]), triples, 1.0))
     return results
-
-
-def evaluate_keypoints(
-    ground_truth: str | Path | dict[str, Any],
-    results: list[dict[str, Any]],
-    sigmas: Sequence[float] = COCO_OKS_SIGMAS,
-) -> dict[str, float]:
-    """COCO keypoint AP/AR (OKS, maxDets 20) of ``results``, as fractions in [0, 1]."""
-    gt = ground_truth if isinstance(ground_truth, dict) else load_coco(ground_truth)
-    return coco_keypoint_eval(gt, results, sigmas)
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import models
+from models.coco import COCO_KEYPOINT_METRICS, coco_keypoint_eval
 from models.keypoints import box_to_center_scale, crop_person, decode_heatmaps
 from models.spec import COCO_KEYPOINT_NAMES, COCO_SKELETON, IMAGENET_MEAN, IMAGENET_STD
 from service.score import main as score_main
 from service.score import write_classes
-from service.score_coco import COCO_KEYPOINT_METRICS, evaluate_keypoints
 
 ROOT = Path(__file__).resolve().parents[2]
 POSE, CLS = "sbpn-r18", "resnet18-small"
@@ -116,9 +116,9 @@ def test_annotation_keypoints_through_writer_and_evaluator_score_ap_one(
     # The evaluator discriminates: the same poses moved by a third of the person's height score far lower.
     moved = [{**r, "keypoints": [v + (60.0 if i % 3 == 1 else 0.0) for i, v in enumerate(r["keypoints"])]}
              for r in results]  # fmt: skip
-    assert evaluate_keypoints(gt, moved)["AP"] < 0.2
+    assert coco_keypoint_eval(gt, moved)["AP"] < 0.2
     # No results at all: zeros, not pycocotools' crash on an empty list.
-    assert evaluate_keypoints(gt, []) == dict.fromkeys(COCO_KEYPOINT_METRICS, 0.0)
+    assert coco_keypoint_eval(gt, []) == dict.fromkeys(COCO_KEYPOINT_METRICS, 0.0)
 
 
 def reference_pose(gt: dict[str, Any], folder: Path) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:

@@ -15,28 +15,12 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from models.spec import COCO_KEYPOINT_NAMES
+
 ROOT = Path(__file__).resolve().parents[2] / "datasets" / "vtest_pose"
 SPLITS = ("train", "val")
 VTEST_FRAMES = 795
-COCO_KEYPOINTS = [
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-]
+COCO_KEYPOINTS = list(COCO_KEYPOINT_NAMES)
 
 
 def _ann_file(split: str) -> Path:
