@@ -68,6 +68,7 @@ _COMMON: Config = {
     "checkpoint_every_steps": None,  # also save mid-epoch (resume skips the consumed batches)
     "stop_after_steps": None,  # save and exit after this many steps in total (time-limited jobs); resume continues
     "resume": None,  # path to a checkpoint, or "auto" (output_dir/last.pt if present)
+    "init_from": None,  # a checkpoint whose weights start this run (train further with a fresh optimizer/schedule)
     "progress": True,
     "deterministic": False,
 }

@@ -420,7 +420,10 @@ class Trainer:
         model = self._match_classes(model)
         self.spec: models.ModelSpec = model.spec  # type: ignore[assignment]
         seed_everything(int(config["seed"]))  # same init whatever the dataset setup consumed
-        model = models.build(self.model_name, **self.overrides).to(self.device)
+        model = models.build(self.model_name, **self.overrides)
+        if config.get("init_from"):
+            self._init_from(model, Path(config["init_from"]))
+        model = model.to(self.device)
         if config.get("sync_bn") and self.env.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -490,6 +493,15 @@ class Trainer:
         self.overrides["num_classes"] = len(classes)
         self.overrides["class_names"] = list(classes)
         return models.build(self.model_name, **self.overrides)
+
+    def _init_from(self, model: nn.Module, path: Path) -> None:
+        """Start from another run's weights (training further with a new schedule); the optimizer starts afresh."""
+        ckpt = load_checkpoint(path)
+        if ckpt["model"] != self.model_name:
+            raise ValueError(f"init_from {path}: it holds {ckpt['model']!r}, this run trains {self.model_name!r}")
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        if self.env.is_main:
+            logger.info("initialized from %s (its metrics: %s)", path, ckpt.get("metrics"))
 
     def _load_teacher(self) -> nn.Module | None:
         path = self.config["distill"].get("teacher")

@@ -127,6 +127,22 @@ def test_resume_reproduces_the_run(fmnist: Path, tmp_path: Path) -> None:
     assert a["metrics"]["top1"] == pytest.approx(b["metrics"]["top1"])
 
 
+def test_init_from_starts_with_the_checkpoint_weights(fmnist: Path, tmp_path: Path) -> None:
+    first = _classify_config(fmnist, tmp_path / "first", **{"model.overrides.weight_binarizer": "ste", "epochs": 1})
+    train(first)
+    saved = load_checkpoint(tmp_path / "first" / "last.pt")["state_dict"]
+    further = _classify_config(fmnist, tmp_path / "further", **{"model.overrides.weight_binarizer": "ste",
+                                                                 "init_from": tmp_path / "first" / "last.pt"})  # fmt: skip
+    trainer = Trainer(further)
+    fresh = Trainer(_classify_config(fmnist, tmp_path / "fresh", **{"model.overrides.weight_binarizer": "ste"}))
+    for key, value in saved.items():
+        torch.testing.assert_close(trainer.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in saved.items() if v.is_floating_point())
+    wrong = _classify_config(fmnist, tmp_path / "wrong", **{"model.name": "resnet18", "init_from": tmp_path / "first" / "last.pt"})
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(wrong)
+
+
 def _write_tiny_coco(root: Path, n_images: int = 8) -> Path:
     """Grey images with one person box each; every labeled keypoint is drawn as a bright dot."""
     rng = np.random.default_rng(1)
