@@ -138,7 +138,8 @@ def test_init_from_starts_with_the_checkpoint_weights(fmnist: Path, tmp_path: Pa
     for key, value in saved.items():
         torch.testing.assert_close(trainer.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert any(not torch.equal(fresh.model.state_dict()[k], v) for k, v in saved.items() if v.is_floating_point())
-    wrong = _classify_config(fmnist, tmp_path / "wrong", **{"model.name": "resnet18", "init_from": tmp_path / "first" / "last.pt"})
+    wrong = _classify_config(fmnist, tmp_path / "wrong",
+                             **{"model.name": "resnet18", "init_from": tmp_path / "first" / "last.pt"})
     with pytest.raises(ValueError, match="init_from"):
         Trainer(wrong)
 
