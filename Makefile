@@ -23,6 +23,8 @@ $(VENV)/.built: $(VENV)/.deps $(NATIVE_SOURCES)
 setup: $(VENV)/.built
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
