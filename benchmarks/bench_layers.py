@@ -83,14 +83,21 @@ def bench(fns: dict[str, Callable[[], object]], min_time: float, threads: int) -
 def try_openvino() -> Callable[[Shape, int], Callable[[], object]] | None:
     try:
         import openvino as ov  # type: ignore[import-not-found]
-        import openvino.runtime.opset13 as ops  # type: ignore[import-not-found]
     except Exception:
         return None
+    try:
+        import openvino.opset13 as ops  # type: ignore[import-not-found]
+    except ImportError:  # releases before 2025 kept the opsets under openvino.runtime
+        import openvino.runtime.opset13 as ops  # type: ignore[import-not-found,no-redef]
     core = ov.Core()
 
     def make(s: Shape, threads: int) -> Callable[[], object]:
         x = ops.parameter([1, s.cin, s.h, s.w], np.float32)
-        w = ops.constant(np.sign(np.random.randn(s.cout, s.cin, 3, 3)).astype(np.float32))
+        # Weights as OpenVINO's u1 type (recent releases refuse f32 weights): bit 1 = +1, packed LSB first.
+        positive = np.random.randn(s.cout, s.cin, 3, 3) >= 0
+        tensor = ov.Tensor(ov.Type.u1, ov.Shape([s.cout, s.cin, 3, 3]))
+        tensor.data[:] = np.packbits(positive.reshape(-1), bitorder="little")
+        w = ops.constant(tensor)
         y = ops.binary_convolution(x, w, [s.stride] * 2, [1, 1], [1, 1], [1, 1], "xnor-popcount", 0.0)
         model = ov.Model([y], [x])
         compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
