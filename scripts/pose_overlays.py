@@ -1,0 +1,68 @@
+"""Overlays of the served pose model on still photos of people that were never used for training or model selection:
+starts the real service (`binpose serve`) on a loopback port with the bundled weights, posts each photo to
+/v1/pose/render (people found by OpenCV's HOG detector, or the whole image where HOG finds nobody) and saves the PNGs.
+
+    python scripts/pose_overlays.py --out docs/pose_overlays
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.process import ServiceProcess  # noqa: E402
+
+OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
+
+
+def photos() -> list[Path]:
+    import matplotlib
+
+    candidates = [OPENCV / "messi5.jpg", OPENCV / "basketball1.png", OPENCV / "basketball2.png",
+                  Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+                  Path("/usr/share/darknet/data/person.jpg")]  # fmt: skip
+    return [p for p in candidates if p.exists()]
+
+
+def render(url: str, image: Path, detector: str) -> tuple[bytes, int]:
+    query = urllib.parse.urlencode({"detector": detector, "format": "png", "flip": "true"})
+    ctype = "image/png" if image.suffix == ".png" else "image/jpeg"
+    req = urllib.request.Request(f"{url}/v1/pose/render?{query}", data=image.read_bytes(),
+                                 headers={"Content-Type": ctype}, method="POST")  # fmt: skip
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.read(), int(resp.headers["X-Binpose-Persons"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pose_overlays")
+    parser.add_argument("--model", default="bhrnet-w18")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    with ServiceProcess(env={"BINPOSE_MODELS": args.model, "BINPOSE_BACKEND": "auto"}) as server:
+        info = json.loads(urllib.request.urlopen(f"{server.url}/v1/models/{args.model}", timeout=30).read())
+        for image in photos():
+            png, persons = render(server.url, image, "hog")
+            detector = "hog"
+            if persons == 0:
+                png, persons = render(server.url, image, "whole")
+                detector = "whole"
+            out = args.out / f"{image.stem}.png"
+            out.write_bytes(png)
+            summary[image.name] = {"persons": persons, "detector": detector, "file": out.name}
+            print(f"{image.name}: {persons} person(s) via {detector} -> {out}")
+    (args.out / "summary.json").write_text(json.dumps({"model": info.get("name"), "backend": info.get("backend"),
+                                                       "sha256": info.get("sha256"), "photos": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
