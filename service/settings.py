@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BINPOSE_", extra="ignore")
 
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["sbpn-r18", "resnet18"], description="registered model names to load"
+        default_factory=lambda: ["sbpn-r18", "resnet18-small"], description="registered model names to load"
     )
     backend: BackendName = Field(
         default="auto",
