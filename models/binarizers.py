@@ -74,44 +74,46 @@ class _ScaledSurrogate(torch.autograd.Function):
         return grad * ctx.derivative(x), None
 
 
+class _FormulaBinarizer(Binarizer):
+    """A binarizer whose backward is g * derivative(x) for a fixed (or scheduled) formula."""
+
+    def derivative(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return sgn(x)
+        return _ScaledSurrogate.apply(x, self.derivative)
+
+
 @register_binarizer("ste")
-class STE(Binarizer):
+class STE(_FormulaBinarizer):
     r"""Clipped straight-through estimator (Hubara et al. 2016, "Binarized Neural Networks", arXiv:1602.02830;
     Bengio et al. 2013).
 
     Forward: :math:`y = \mathrm{sgn}(x)`. Backward: :math:`\partial L/\partial x = g \cdot 1\{|x| \le 1\}`.
     """
 
-    @staticmethod
-    def derivative(x: Tensor) -> Tensor:
+    def derivative(self, x: Tensor) -> Tensor:
         return (x.abs() <= 1).to(x.dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return sgn(x)
-        return _ScaledSurrogate.apply(x, self.derivative)
 
 
 @register_binarizer("approxsign")
-class ApproxSign(Binarizer):
+class ApproxSign(_FormulaBinarizer):
     r"""Bi-Real Net's ApproxSign (Liu et al. 2018, "Bi-Real Net", arXiv:1808.00278).
 
     Forward: :math:`y = \mathrm{sgn}(x)`. Backward: :math:`g \cdot (2 + 2x)` on :math:`[-1, 0)`,
     :math:`g \cdot (2 - 2x)` on :math:`[0, 1)`, 0 elsewhere, i.e. :math:`g \cdot \max(0, 2 - 2|x|)`.
     """
 
-    @staticmethod
-    def derivative(x: Tensor) -> Tensor:
+    def derivative(self, x: Tensor) -> Tensor:
         return torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return sgn(x)
-        return _ScaledSurrogate.apply(x, self.derivative)
 
 
 @register_binarizer("ede")
-class EDE(Binarizer):
+class EDE(_FormulaBinarizer):
     r"""IR-Net's Error Decay Estimator (Qin et al. 2020, "Forward and Backward Information Retention", arXiv:1909.10788).
 
     Forward: :math:`y = \mathrm{sgn}(x)`. Backward: :math:`g \cdot k t (1 - \tanh^2(t x))`, the derivative of
@@ -134,10 +136,6 @@ class EDE(Binarizer):
     def derivative(self, x: Tensor) -> Tensor:
         return self.k * self.t * (1.0 - torch.tanh(self.t * x) ** 2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return sgn(x)
-        return _ScaledSurrogate.apply(x, self.derivative)
 
     def extra_repr(self) -> str:
         return f"t={self.t:.4g}, k={self.k:.4g}"
