@@ -67,6 +67,7 @@ _COMMON: Config = {
     "eval_every": 1,  # epochs
     "checkpoint_every_steps": None,  # also save mid-epoch (resume skips the consumed batches)
     "stop_after_steps": None,  # save and exit after this many steps in total (time-limited jobs); resume continues
+    "time_budget_s": None,  # after epoch 1, cut epochs to fit this wall time (eval and saves included)
     "resume": None,  # path to a checkpoint, or "auto" (output_dir/last.pt if present)
     "init_from": None,  # a checkpoint whose weights start this run (train further with a fresh optimizer/schedule)
     "progress": True,
@@ -103,6 +104,8 @@ DEFAULTS: dict[str, Config] = {
             "detection_score_threshold": 0.0,
             "padding": 1.25,
             "sigma": 2.0,
+            "repeat": 1,  # passes over the training set per epoch, each differently augmented (small sets)
+            "cache_images": False,  # decode every image once, before the loader workers start
             "augment": {
                 "scale_factor": 0.35,
                 "rotation": 45.0,

@@ -98,6 +98,15 @@ def setup_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]
     return env, device
 
 
+def _loader_worker_init(_: int) -> None:
+    """One OpenCV thread per data-loader worker: the workers are the parallelism (no N x cores oversubscription)."""
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - cv2 is a dependency; classification data does not use it
+        return
+    cv2.setNumThreads(1)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -215,9 +224,10 @@ def _scheduled(schedule: str, step: int, total: int, warmup: int, min_ratio: flo
     return lr_factor(schedule, step, total, warmup, min_ratio)
 
 
-def build_scheduler(
+def schedule_lambdas(
     optimizer: torch.optim.Optimizer, optim_cfg: Config, total_steps: int, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+) -> list[Callable[[int], float]]:
+    """One learning-rate multiplier per parameter group of ``optimizer`` (see ``lr_factor``)."""
     warmup = int(round(float(optim_cfg.get("warmup_epochs") or 0) * steps_per_epoch))
     main = optim_cfg["schedule"]
     min_ratio = float(optim_cfg.get("min_lr_ratio") or 0.0)
@@ -227,7 +237,13 @@ def build_scheduler(
         if group.get("name") == "binarizer" and optim_cfg.get("binarizer_schedule", "same") != "same":
             sched = optim_cfg["binarizer_schedule"]
         lambdas.append(functools.partial(_scheduled, sched, total=total_steps, warmup=warmup, min_ratio=min_ratio))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    return lambdas
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: Config, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lambdas(optimizer, optim_cfg, total_steps, steps_per_epoch))
 
 
 # ---------------------------------------------------------------------------------------------------- tasks
@@ -307,13 +323,14 @@ class PoseTask(Task):
                   "std": spec.std, "sigma": float(data["sigma"]), "padding": float(data["padding"]),
                   "seed": seed}  # fmt: skip
         train = CocoKeypoints(data["train_images"], data["train_annotations"], train=True, augment=data["augment"],
+                              repeat=int(data.get("repeat") or 1), cache_images=bool(data.get("cache_images")),
                               **common)  # fmt: skip
         val = None
         if data.get("val_images") and data.get("val_annotations"):
             val = CocoKeypoints(data["val_images"], data["val_annotations"], train=False,
                                 detections=data.get("val_detections"),
                                 detection_score_threshold=float(data.get("detection_score_threshold") or 0.0),
-                                **common)  # fmt: skip
+                                cache_images=bool(data.get("cache_images")), **common)  # fmt: skip
         self.flip_pairs = spec.flip_pairs
         return train, val
 
@@ -404,6 +421,7 @@ class Trainer:
     """Build everything from a config (see models.train.config), then ``fit()``."""
 
     def __init__(self, config: Config) -> None:
+        self._t_start = time.perf_counter()
         self.config = config
         self.env, self.device = setup_distributed(config.get("device", "auto"))
         if config.get("num_threads"):
@@ -437,7 +455,7 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.train_loader: DataLoader[Any] = DataLoader(
             self.train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers, drop_last=True,
-            pin_memory=pin)  # fmt: skip
+            pin_memory=pin, worker_init_fn=_loader_worker_init if workers else None)  # fmt: skip
         if len(self.train_set) < batch:
             raise ValueError(f"the training set has {len(self.train_set)} samples, fewer than one batch ({batch})")
         self.val_loader: DataLoader[Any] | None = None
@@ -445,7 +463,7 @@ class Trainer:
             self.val_loader = DataLoader(
                 self.val_set, batch_size=int(config.get("eval_batch_size") or self.local_batch),
                 sampler=ShardSampler(self.val_set, self.env.world_size, self.env.rank), num_workers=workers,
-                pin_memory=pin)  # fmt: skip
+                pin_memory=pin, worker_init_fn=_loader_worker_init if workers else None)  # fmt: skip
         full = len(self.train_set) // self.env.world_size // self.local_batch
         limit = config.get("max_steps_per_epoch")
         self.steps_per_epoch = min(full, int(limit)) if limit else full
@@ -617,6 +635,29 @@ class Trainer:
         for buf in self.model.buffers():
             dist.broadcast(buf, src=0)
 
+    def _fit_time_budget(self, epoch_seconds: float) -> None:
+        """After the first epoch (evaluated, saved): cut ``epochs`` so that the run ends within ``time_budget_s`` of
+        wall time counted from the trainer's start (a GPU lease, a CI slot), and fit the learning-rate schedule to the
+        new length, so that it still decays to its end."""
+        budget = self.config.get("time_budget_s")
+        if not budget or self.epoch != 1:
+            return
+        remaining = float(budget) - (time.perf_counter() - self._t_start)
+        fit = max(1, 1 + int(remaining / max(epoch_seconds, 1e-9)))
+        if fit >= self.epochs:
+            return
+        if self.env.distributed:  # every process must agree on the length
+            t = torch.tensor([fit], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(t, src=0)
+            fit = int(t.item())
+        if self.env.is_main:
+            logger.info("time budget %.0f s: %d epochs of %.1f s fit, not %d; the schedule follows",
+                        float(budget), fit, epoch_seconds, self.epochs)  # fmt: skip
+        self.epochs = fit
+        self.total_steps = self.steps_per_epoch * self.epochs
+        self.scheduler.lr_lambdas = schedule_lambdas(self.optimizer, self.config["optim"], self.total_steps,
+                                                     self.steps_per_epoch)  # fmt: skip
+
     def evaluate(self) -> dict[str, float]:
         if self.val_loader is None:
             return {}
@@ -630,6 +671,7 @@ class Trainer:
         ckpt_every = self.config.get("checkpoint_every_steps")
         eval_every = int(self.config.get("eval_every") or 1)
         stop_after = self.config.get("stop_after_steps")
+        budget = self.config.get("time_budget_s")  # epoch 1 is evaluated so that its time is a fair estimate
         while self.epoch < self.epochs:
             totals = torch.zeros(2, dtype=torch.float64)
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
@@ -668,7 +710,7 @@ class Trainer:
             record: dict[str, Any] = {"kind": "eval", "epoch": self.epoch, "step": self.step,
                                       "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
                                       "epoch_seconds": time.perf_counter() - t0}  # fmt: skip
-            if self.epoch % eval_every == 0 or self.epoch == self.epochs:
+            if self.epoch % eval_every == 0 or self.epoch == self.epochs or (self.epoch == 1 and budget):
                 self.metrics = self.evaluate()
                 record.update(self.metrics)
                 value = self.metrics.get(self.task.main_metric)
@@ -689,6 +731,7 @@ class Trainer:
                 save_checkpoint(self.out_dir / "best.pt", load_checkpoint(self.out_dir / "last.pt"))
             if self.env.is_main:
                 plot_curves(self.log.read(), self.out_dir / "curves.png", self.task.main_metric)
+            self._fit_time_budget(time.perf_counter() - t0)
             if stop_after and self.step >= int(stop_after) and self.epoch < self.epochs:
                 logger.info("stopping at step %d (stop_after_steps)", self.step)
                 break

@@ -85,6 +85,8 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
         detections: str | Path | Sequence[Mapping[str, Any]] | None = None,
         detection_score_threshold: float = 0.0,
         seed: int = 0,
+        repeat: int = 1,
+        cache_images: bool = False,
     ) -> None:
         self.images_dir = Path(images_dir)
         self.coco = load_coco(annotations)
@@ -102,6 +104,15 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
             else self._ground_truth_samples()  # fmt: skip
         logger.info("COCO keypoints: %d person samples from %d images (%s boxes)", len(self.samples),
                     len(self.images), "detected" if detections is not None else "ground-truth")  # fmt: skip
+        if int(repeat) < 1:
+            raise ValueError(f"repeat must be a positive integer, got {repeat!r}")
+        self.repeat = int(repeat)  # one epoch = ``repeat`` passes, each with its own augmentation (small sets)
+        self._cache: dict[int, NDArray[Any]] = {}
+        if cache_images:  # decoded once, before DataLoader workers fork (they share the pages copy-on-write)
+            for image_id in sorted({int(s["image_id"]) for s in self.samples}):
+                self._cache[image_id] = self.load_image(image_id)
+            logger.info("COCO keypoints: cached %d decoded images (%.0f MB)", len(self._cache),
+                        sum(a.nbytes for a in self._cache.values()) / 1e6)  # fmt: skip
 
     # -------------------------------------------------------------------------------------------- samples
     def _sample(self, image_id: int, box: Sequence[float], keypoints: NDArray[np.float64], score: float) -> dict[str, Any]:
@@ -151,10 +162,13 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.repeat
 
     # -------------------------------------------------------------------------------------------- items
     def load_image(self, image_id: int) -> NDArray[Any]:
+        cached = getattr(self, "_cache", {}).get(image_id)
+        if cached is not None:
+            return cached
         path = self.images_dir / self.images[image_id]["file_name"]
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
@@ -189,7 +203,7 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
         return np.clip(img, 0.0, 1.0)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        s = self.samples[index]
+        s = self.samples[index % len(self.samples)]
         image = self.load_image(s["image_id"])
         kps = s["keypoints"].copy()
         center, scale, rot = s["center"].copy(), s["scale"].copy(), 0.0
