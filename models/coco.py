@@ -23,7 +23,10 @@ from models.spec import COCO_OKS_SIGMAS
 
 logger = logging.getLogger(__name__)
 
-COCO_KEYPOINT_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+COCO_OKS_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+# PCK: the fraction of labelled keypoints within PCK_ALPHA x the larger side of their person's box (see ``pck``)
+COCO_KEYPOINT_METRICS = (*COCO_OKS_METRICS, "PCK")
+PCK_ALPHA = 0.2
 
 
 def keypoint_results(
@@ -98,9 +101,9 @@ def coco_keypoint_eval(
 ) -> dict[str, float]:
     """COCO keypoint AP/AR (OKS) of ``results`` against a COCO keypoint annotation file or dict, via pycocotools.
 
-    Returns AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl as fractions in [0, 1]."""
+    Returns AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl and PCK (``pck``, alpha 0.2) as fractions in [0, 1]."""
     if not results:
-        logger.warning("no keypoint results to evaluate: AP and AR are 0")
+        logger.warning("no keypoint results to evaluate: AP, AR and PCK are 0")
         return dict.fromkeys(COCO_KEYPOINT_METRICS, 0.0)
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -124,4 +127,35 @@ def coco_keypoint_eval(
         ev.accumulate()
         ev.summarize()
     logger.debug("pycocotools:\n%s", stdout.getvalue())
-    return {name: float(v) for name, v in zip(COCO_KEYPOINT_METRICS, ev.stats[: len(COCO_KEYPOINT_METRICS)], strict=True)}
+    metrics = {name: float(v) for name, v in zip(COCO_OKS_METRICS, ev.stats[: len(COCO_OKS_METRICS)], strict=True)}
+    metrics["PCK"] = pck(gt.dataset, results, PCK_ALPHA)
+    return metrics
+
+
+def pck(ground_truth: dict[str, Any], results: list[dict[str, Any]], alpha: float = PCK_ALPHA) -> float:
+    """Percentage of correct keypoints, as a fraction: over every labelled keypoint (v > 0) of every non-crowd person
+    in ``ground_truth``, the share that lies within ``alpha`` x max(box width, box height) of the prediction. Each
+    person is compared with the result of its image whose keypoints lie closest to its own (mean distance over its
+    labelled keypoints), which is its own box's result when the boxes were the ground-truth ones; a person with no
+    result in its image counts all its keypoints as wrong."""
+    by_image: dict[int, list[NDArray[np.float64]]] = {}
+    for r in results:
+        by_image.setdefault(int(r["image_id"]), []).append(np.asarray(r["keypoints"], np.float64).reshape(-1, 3)[:, :2])
+    correct = total = 0
+    for ann in ground_truth.get("annotations", []):
+        if ann.get("iscrowd", 0):
+            continue
+        kps = np.asarray(ann.get("keypoints", []), np.float64).reshape(-1, 3)
+        labelled = kps[:, 2] > 0
+        n = int(labelled.sum())
+        if n == 0:
+            continue
+        total += n
+        candidates = by_image.get(int(ann["image_id"]), [])
+        if not candidates:
+            continue
+        dists = [np.linalg.norm(c[: len(kps)][labelled] - kps[labelled, :2], axis=1) for c in candidates]
+        best = min(dists, key=lambda d: float(d.mean()))
+        size = max(float(ann["bbox"][2]), float(ann["bbox"][3]), 1e-9)
+        correct += int((best <= alpha * size).sum())
+    return correct / total if total else 0.0

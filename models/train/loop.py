@@ -98,15 +98,6 @@ def setup_distributed(device_pref: str = "auto") -> tuple[DistEnv, torch.device]
     return env, device
 
 
-def _loader_worker_init(_: int) -> None:
-    """One OpenCV thread per data-loader worker: the workers are the parallelism (no N x cores oversubscription)."""
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - cv2 is a dependency; classification data does not use it
-        return
-    cv2.setNumThreads(1)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -455,7 +446,7 @@ class Trainer:
         pin = self.device.type == "cuda"
         self.train_loader: DataLoader[Any] = DataLoader(
             self.train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=workers, drop_last=True,
-            pin_memory=pin, worker_init_fn=_loader_worker_init if workers else None)  # fmt: skip
+            pin_memory=pin)  # fmt: skip
         if len(self.train_set) < batch:
             raise ValueError(f"the training set has {len(self.train_set)} samples, fewer than one batch ({batch})")
         self.val_loader: DataLoader[Any] | None = None
@@ -463,7 +454,7 @@ class Trainer:
             self.val_loader = DataLoader(
                 self.val_set, batch_size=int(config.get("eval_batch_size") or self.local_batch),
                 sampler=ShardSampler(self.val_set, self.env.world_size, self.env.rank), num_workers=workers,
-                pin_memory=pin, worker_init_fn=_loader_worker_init if workers else None)  # fmt: skip
+                pin_memory=pin)  # fmt: skip
         full = len(self.train_set) // self.env.world_size // self.local_batch
         limit = config.get("max_steps_per_epoch")
         self.steps_per_epoch = min(full, int(limit)) if limit else full
@@ -517,9 +508,16 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt["model"] != self.model_name:
             raise ValueError(f"init_from {path}: it holds {ckpt['model']!r}, this run trains {self.model_name!r}")
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        # a float twin may start its binary twin (two-stage training): only the binary-only tensors (activation
+        # thresholds, learned estimators) then keep their initial values; anything else missing is an error
+        binary_only = [k for k in missing if ".threshold." in k or "_binarizer." in k]
+        if unexpected or len(binary_only) != len(missing):
+            raise ValueError(f"init_from {path}: weights do not match {self.model_name!r} with these overrides "
+                             f"(missing {sorted(set(missing) - set(binary_only))[:5]}, unexpected {unexpected[:5]})")
         if self.env.is_main:
-            logger.info("initialized from %s (its metrics: %s)", path, ckpt.get("metrics"))
+            logger.info("initialized from %s (its metrics: %s)%s", path, ckpt.get("metrics"),
+                        f"; {len(binary_only)} binary-only tensors keep their init" if binary_only else "")
 
     def _load_teacher(self) -> nn.Module | None:
         path = self.config["distill"].get("teacher")

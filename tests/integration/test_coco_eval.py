@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.coco import coco_keypoint_eval, keypoint_results, oks_nms, write_results
+from models.coco import coco_keypoint_eval, keypoint_results, oks_nms, pck, write_results
 
 
 def _fixture() -> tuple[dict[str, Any], list[tuple[int, np.ndarray]]]:
@@ -52,6 +52,22 @@ def test_ground_truth_round_trip_scores_ap_one(tmp_path: Path) -> None:
     assert metrics["AP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
     assert metrics["AP50"] == pytest.approx(1.0) and metrics["AP75"] == pytest.approx(1.0)
     assert coco_keypoint_eval(gt, loaded)["AP"] == pytest.approx(1.0)  # a dict works as well as a file
+
+
+def test_pck_counts_keypoints_within_a_fifth_of_the_box() -> None:
+    gt, people = _fixture()
+    assert coco_keypoint_eval(gt, _results(people))["PCK"] == pytest.approx(1.0)
+    # Move keypoint j of every person by (j + 1) / 20 of its box's larger side, along x: j = 0..2 are within 0.2
+    # (0.05, 0.10, 0.15), j = 3 is moved by 0.19 instead (inside), j = 4.. are outside: 4 of 17 correct.
+    moved = []
+    for (image_id, kps), ann in zip(people, gt["annotations"], strict=True):
+        size = max(ann["bbox"][2], ann["bbox"][3])
+        k = kps.copy()
+        k[:, 0] += np.where(np.arange(17) == 3, 0.19, (np.arange(17) + 1) / 20) * size
+        moved.append((image_id, k))
+    assert pck(gt, _results(moved)) == pytest.approx(4 / 17)
+    assert pck(gt, _results(moved[:3])) == pytest.approx(3 * 4 / 17 / 5)  # people without a result: all wrong
+    assert pck(gt, []) == 0.0
 
 
 def test_perturbed_keypoints_score_lower() -> None:

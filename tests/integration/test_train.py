@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,39 @@ def test_init_from_starts_with_the_checkpoint_weights(fmnist: Path, tmp_path: Pa
                              **{"model.name": "resnet18", "init_from": tmp_path / "first" / "last.pt"})
     with pytest.raises(ValueError, match="init_from"):
         Trainer(wrong)
+
+
+def test_init_from_a_float_twin_starts_its_binary_twin(fmnist: Path, tmp_path: Path) -> None:
+    first = _classify_config(fmnist, tmp_path / "float", **{"model.overrides.binary": False, "epochs": 1})
+    train(first)
+    saved = load_checkpoint(tmp_path / "float" / "last.pt")["state_dict"]
+    binary = Trainer(_classify_config(fmnist, tmp_path / "binary", **{"init_from": tmp_path / "float" / "last.pt"}))
+    state = binary.model.state_dict()
+    for key, value in saved.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    assert any(".threshold." in k for k in state if k not in saved)  # binary-only tensors keep their init
+    train(_classify_config(fmnist, tmp_path / "binary2", **{"epochs": 1}))
+    with pytest.raises(ValueError, match="do not match"):  # binary -> float: the float twin has no thresholds
+        Trainer(_classify_config(fmnist, tmp_path / "back", **{"model.overrides.binary": False,
+                                                               "init_from": tmp_path / "binary2" / "last.pt"}))
+
+
+def test_time_budget_cuts_epochs_and_fits_the_schedule(fmnist: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_classify_config(fmnist, tmp_path / "budget", **{"epochs": 10, "time_budget_s": 100,
+                                                                       "optim.schedule": "cosine"}))  # fmt: skip
+    trainer.epoch, trainer._t_start = 1, time.perf_counter()
+    trainer._fit_time_budget(40.0)  # 100 s left after epoch 1, 40 s an epoch: 2 more fit
+    assert trainer.epochs == 3 and trainer.total_steps == 3 * trainer.steps_per_epoch
+    ends = [f(trainer.total_steps) for f in trainer.scheduler.lr_lambdas]
+    assert ends == pytest.approx([0.0] * len(ends))  # cosine ends at the new last step
+    mid = trainer.scheduler.lr_lambdas[0](int(1.5 * trainer.steps_per_epoch))
+    assert mid == pytest.approx(0.5, abs=0.02)
+    trainer._fit_time_budget(1.0)  # enough time for all: nothing changes
+    assert trainer.epochs == 3
+    # end to end: an impossible budget stops after the first (evaluated) epoch
+    train(_classify_config(fmnist, tmp_path / "tiny", **{"epochs": 4, "time_budget_s": 1e-3}))
+    evals = [json.loads(x) for x in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in evals if r["kind"] == "eval"] == [1]
 
 
 def _write_tiny_coco(root: Path, n_images: int = 8) -> Path:

@@ -219,6 +219,26 @@ def test_coco_rotation_and_scale_move_keypoints_as_computed(tmp_path: Path) -> N
     assert _peak(s["target"][0]) == tuple(int(round(v)) for v in expected)
 
 
+def test_coco_repeat_and_image_cache(tmp_path: Path) -> None:
+    coco, image = _coco_fixture(tmp_path)
+    aug = {"scale_factor": 0.3, "rotation": 30.0, "rotation_prob": 1.0, "hflip": True}
+    plain = _dataset(tmp_path, coco, train=True, augment=aug)
+    ds = _dataset(tmp_path, coco, train=True, augment=aug, repeat=3, cache_images=True)
+    assert len(plain) == 1 and len(ds) == 3
+    np.testing.assert_array_equal(ds.load_image(7), image)
+    plain0 = plain[0]
+    (tmp_path / "img.png").unlink()  # the cache answers from now on; the plain dataset would fail
+    items = [ds[i] for i in range(3)]
+    assert all(int(it["image_id"]) == 7 for it in items)
+    for key in ("image", "target"):  # item 0 is the plain dataset's item 0; the repeats are other augmentations
+        torch.testing.assert_close(items[0][key], plain0[key], rtol=0, atol=0)
+    assert not torch.equal(items[0]["image"], items[1]["image"]) and not torch.equal(items[1]["image"], items[2]["image"])
+    with pytest.raises(OSError, match="cannot read"):
+        plain[0]
+    with pytest.raises(ValueError, match="repeat"):
+        _dataset(tmp_path, coco, train=True, repeat=0)
+
+
 def test_coco_detection_boxes(tmp_path: Path) -> None:
     coco, _ = _coco_fixture(tmp_path)
     dets = [{"image_id": 7, "category_id": 1, "bbox": BOX, "score": 0.9},
