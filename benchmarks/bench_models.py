@@ -62,10 +62,23 @@ def _ort_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def bench_model(name: str, batches: Sequence[int], threads: Sequence[int], budget_s: float, work: Path) -> dict[str, Any]:
+def parse_model(arg: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:HxW`` (another input size, e.g. the bundled pose default's ``sbpn-r18:128x96``)."""
+    name, _, size = arg.partition(":")
+    if not size:
+        return name, {}
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{arg!r}: expected NAME or NAME:HxW, e.g. sbpn-r18:128x96") from None
+    return name, {"input_size": (h, w)}
+
+
+def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget_s: float, work: Path) -> dict[str, Any]:
+    name, overrides = parse_model(arg)
     torch.manual_seed(0)
-    binary = models.build(name).eval()
-    twin = models.build(name, binary=False).eval()
+    binary = models.build(name, **overrides).eval()
+    twin = models.build(name, binary=False, **overrides).eval()
     bnn = pack_model(binary, work / f"{name}.bnn")
     onnx_path = export_onnx(twin, work / f"{name}-float.onnx")
     pm = engine.load(bnn)
@@ -81,7 +94,7 @@ def bench_model(name: str, batches: Sequence[int], threads: Sequence[int], budge
         for b in batches:
             x = torch.randn(b, 3, h, w)
             xn = x.numpy()
-            row: dict[str, Any] = {"model": name, "batch": b, "threads": t}
+            row: dict[str, Any] = {"model": arg, "batch": b, "threads": t}
             row["packed"] = _time(functools.partial(pm, x), budget_s)
             torch.set_num_threads(t)  # the float twin in torch gets all t threads
             with torch.no_grad():
@@ -103,7 +116,7 @@ def bench_model(name: str, batches: Sequence[int], threads: Sequence[int], budge
         by_type[p["type"]] = by_type.get(p["type"], 0.0) + p["ms"]
     total = sum(by_type.values())
     return {
-        "model": name, "input_size": [h, w], "bnn_bytes": bnn.stat().st_size, "float_fp32_weight_bytes": float_bytes,
+        "model": arg, "input_size": [h, w], "bnn_bytes": bnn.stat().st_size, "float_fp32_weight_bytes": float_bytes,
         "size_ratio": float_bytes / bnn.stat().st_size, "rows": rows,
         "profile_b1_t1": {"total_ms": total, "by_type_ms": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
                           "binary_share": by_type.get("bconv", 0.0) / total if total else 0.0,

@@ -232,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(run_config("binary, packed", {**common, "BINPOSE_BACKEND": "packed"}, args, data))
     else:
         configs.append({"name": "binary, packed", "skipped": "engine.load or the .bnn file is missing"})
+    # the float twin of the very network served (the bundled file's overrides: input size, width...), float weights
+    manifest = weights / "manifest.json"
+    entry = json.loads(manifest.read_text()).get("models", {}).get(args.model, {}) if manifest.exists() else {}
+    twin_overrides = {**dict(entry.get("overrides") or {}), "binary": False}
     twin = {**common, "BINPOSE_BACKEND": "onnx", "BINPOSE_CACHE_DIR": str(tmp / "onnx"),
             "BINPOSE_WEIGHTS_DIR": str(tmp / "twin"),
-            "BINPOSE_MODEL_OVERRIDES": json.dumps({args.model: {"binary": False}})}  # fmt: skip
+            "BINPOSE_MODEL_OVERRIDES": json.dumps({args.model: twin_overrides})}  # fmt: skip
     twin_note = "exported by engine.onnx.export_onnx"
     if not available("engine.onnx", "export_onnx"):
         # Until engine.onnx lands: the float twin has no binarizers, so torch's own exporter is faithful for it.
