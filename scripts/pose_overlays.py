@@ -43,7 +43,7 @@ def render(url: str, image: Path, detector: str) -> tuple[bytes, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pose_overlays")
-    parser.add_argument("--model", default="bhrnet-w18")
+    parser.add_argument("--model", default="sbpn-r18")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {}
