@@ -166,7 +166,7 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
 
     # -------------------------------------------------------------------------------------------- items
     def load_image(self, image_id: int) -> NDArray[Any]:
-        cached = getattr(self, "_cache", {}).get(image_id)
+        cached = self._cache.get(image_id)
         if cached is not None:
             return cached
         path = self.images_dir / self.images[image_id]["file_name"]
