@@ -642,12 +642,12 @@ class Trainer:
             return
         remaining = float(budget) - (time.perf_counter() - self._t_start)
         fit = max(1, 1 + int(remaining / max(epoch_seconds, 1e-9)))
-        if fit >= self.epochs:
-            return
-        if self.env.distributed:  # every process must agree on the length
+        if self.env.distributed:  # every process must agree on the length (and all take part in the broadcast)
             t = torch.tensor([fit], dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
             dist.broadcast(t, src=0)
             fit = int(t.item())
+        if fit >= self.epochs:
+            return
         if self.env.is_main:
             logger.info("time budget %.0f s: %d epochs of %.1f s fit, not %d; the schedule follows",
                         float(budget), fit, epoch_seconds, self.epochs)  # fmt: skip
