@@ -42,3 +42,45 @@ def active_isa() -> str: ...
 def set_isa(name: str) -> None: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
+
+# Float NHWC ops of the runtime's glue (engine/csrc/float_ops.h); typed API in engine/float_ops.py.
+def channel_act(
+    x: npt.NDArray[np.float32],
+    act: int,
+    slope: npt.NDArray[np.float32] | None = None,
+    gamma: npt.NDArray[np.float32] | None = None,
+    zeta: npt.NDArray[np.float32] | None = None,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32] | None: ...
+def maxpool2d(
+    x: npt.NDArray[np.float32], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
+    out_hw: list[int],
+) -> npt.NDArray[np.float32]: ...  # fmt: skip
+def avgpool2d(
+    x: npt.NDArray[np.float32], kernel: list[int], stride: list[int], padding: list[int], out_hw: list[int],
+    count_include_pad: bool,
+) -> npt.NDArray[np.float32]: ...  # fmt: skip
+def sum_upsampled(
+    xs: list[npt.NDArray[np.float32]],
+    ups: list[npt.NDArray[np.float32]],
+    factors: list[int],
+    act: int = 0,
+    slope: npt.NDArray[np.float32] | None = None,
+    gamma: npt.NDArray[np.float32] | None = None,
+    zeta: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...
+def upsample_nearest(x: npt.NDArray[np.float32], factor: int) -> npt.NDArray[np.float32]: ...
+def has_float_conv() -> bool: ...
+def float_conv2d(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32],
+    out_channels: int,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    act: int = 0,
+    slope: npt.NDArray[np.float32] | None = None,
+    gamma: npt.NDArray[np.float32] | None = None,
+    zeta: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]: ...

@@ -53,6 +53,7 @@ __all__ = [
     "PackedActivations",
     "PackedConvWeights",
     "BConvResult",
+    "BConv",
     "pack_activations",
     "unpack_activations",
     "bconv2d",
@@ -279,6 +280,58 @@ def conv_output_shape(
     return oh, ow
 
 
+class BConv:
+    """A binary conv with its geometry and fused epilogue checked and bound once, then called on many inputs: what
+    the runtime holds per layer (a call then costs the native call only). Arguments as :func:`bconv2d`."""
+
+    def __init__(
+        self,
+        weights: PackedConvWeights,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+        dilation: IntPair = 1,
+        scale: npt.ArrayLike | None = None,
+        shift: npt.ArrayLike | None = None,
+        act: PReLU | RPReLU | None = None,
+        next_threshold: npt.ArrayLike | None = None,
+        want_float: bool = True,
+        want_bits: bool | None = None,
+    ) -> None:
+        o = weights.out_channels
+        self.weights = weights
+        self.want_bits = bool(next_threshold is not None if want_bits is None else want_bits)
+        self.want_float = bool(want_float)
+        self._geometry = (list(_pair("stride", stride)), list(_padding(padding)), list(_pair("dilation", dilation)))
+        scale_v, shift_v = _vec("scale", scale, o), _vec("shift", shift, o)
+        self._scale = scale_v if scale_v is not None else weights._ones
+        self._shift = shift_v if shift_v is not None else weights._zeros
+        self._act: tuple[int, FloatArray | None, FloatArray | None, FloatArray | None] = (0, None, None, None)
+        if isinstance(act, PReLU):
+            self._act = (1, _vec("PReLU.slope", act.slope, o), None, None)
+        elif isinstance(act, RPReLU):
+            self._act = (2, _vec("RPReLU.slope", act.slope, o), _vec("RPReLU.gamma", act.gamma, o),
+                         _vec("RPReLU.zeta", act.zeta, o))  # fmt: skip
+        elif act is not None:
+            raise TypeError(f"bconv2d: act must be None, PReLU or RPReLU, got {type(act).__name__}")
+        self._thr = _vec("next_threshold", next_threshold, o)
+        if not self.want_float and not self.want_bits:
+            raise ValueError("bconv2d: ask for float output, bits, or both")
+
+    def __call__(self, x: PackedActivations, residual: npt.ArrayLike | None = None) -> BConvResult:
+        w = self.weights
+        if x.channels != w.in_channels:
+            raise ValueError(
+                f"bconv2d: input has {x.channels} channels, weights expect {w.in_channels} "
+                f"({w.in_channels_per_group} per group x {w.groups} groups)"
+            )
+        res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+        stride, padding, dilation = self._geometry
+        act, slope, gamma, zeta = self._act
+        out, bits = _native.bconv2d(x.bits, x.channels, w.native, stride, padding, dilation, self._scale, self._shift,
+                                    res, act, slope, gamma, zeta, self._thr, self.want_float, self.want_bits)  # fmt: skip
+        return BConvResult(out=out, bits=PackedActivations(bits, w.out_channels) if bits is not None else None)
+
+
 def bconv2d(
     x: PackedActivations,
     weights: PackedConvWeights,
@@ -311,45 +364,10 @@ def bconv2d(
     Returns:
         :class:`BConvResult` with ``out`` (float32 ``[N, OH, OW, O]``) and/or ``bits`` (``PackedActivations``).
     """
-    o = weights.out_channels
     if x.channels != weights.in_channels:
         raise ValueError(
             f"bconv2d: input has {x.channels} channels, weights expect {weights.in_channels} "
             f"({weights.in_channels_per_group} per group x {weights.groups} groups)"
         )
-    if want_bits is None:
-        want_bits = next_threshold is not None
-    scale_v = _vec("scale", scale, o)
-    shift_v = _vec("shift", shift, o)
-    res = None
-    if residual is not None:
-        res = np.ascontiguousarray(residual, dtype=np.float32)
-    act_code, slope, gamma, zeta = 0, None, None, None
-    if isinstance(act, PReLU):
-        act_code, slope = 1, _vec("PReLU.slope", act.slope, o)
-    elif isinstance(act, RPReLU):
-        act_code = 2
-        slope = _vec("RPReLU.slope", act.slope, o)
-        gamma = _vec("RPReLU.gamma", act.gamma, o)
-        zeta = _vec("RPReLU.zeta", act.zeta, o)
-    elif act is not None:
-        raise TypeError(f"bconv2d: act must be None, PReLU or RPReLU, got {type(act).__name__}")
-    out, bits = _native.bconv2d(
-        x.bits,
-        x.channels,
-        weights.native,
-        list(_pair("stride", stride)),
-        list(_padding(padding)),
-        list(_pair("dilation", dilation)),
-        scale_v if scale_v is not None else weights._ones,
-        shift_v if shift_v is not None else weights._zeros,
-        res,
-        act_code,
-        slope,
-        gamma,
-        zeta,
-        _vec("next_threshold", next_threshold, o),
-        bool(want_float),
-        bool(want_bits),
-    )
-    return BConvResult(out=out, bits=PackedActivations(bits, o) if bits is not None else None)
+    op = BConv(weights, stride, padding, dilation, scale, shift, act, next_threshold, want_float, want_bits)
+    return op(x, residual)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import kernels
+from engine import float_ops, kernels
 from engine.pack import BnnFile, BnnFormatError, read_bnn
 
 logger = logging.getLogger(__name__)
@@ -65,17 +65,16 @@ class _Compiler:
     def vec(self, op: dict[str, Any], key: str) -> torch.Tensor:
         return torch.from_numpy(self.arr(op, key).astype(np.float32)).reshape(1, -1, 1, 1)
 
-    def act_fn(self, op: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        kind = op["attrs"].get("act")
+    def act(self, op: dict[str, Any]) -> kernels.PReLU | kernels.RPReLU | None:
+        """The op's per-channel activation (``attrs.act``), as the native kernels take it."""
+        kind = op.get("attrs", {}).get("act")
         if kind is None:
             return None
+        f32 = lambda key: self.arr(op, key).astype(np.float32).reshape(-1)  # noqa: E731
         if kind == "prelu":
-            slope = torch.from_numpy(self.arr(op, "act.slope"))
-            return lambda x: F.prelu(x, slope)
+            return kernels.PReLU(f32("act.slope"))
         if kind == "rprelu":
-            slope = torch.from_numpy(self.arr(op, "act.slope"))
-            gamma, zeta = self.vec(op, "act.gamma"), self.vec(op, "act.zeta")
-            return lambda x: F.prelu(x - gamma, slope).add_(zeta)
+            return kernels.RPReLU(f32("act.gamma"), f32("act.slope"), f32("act.zeta"))
         raise BnnFormatError(f"{self.where}: unknown activation {kind!r}")
 
     def compile(self, op: dict[str, Any]) -> OpFn:
@@ -110,22 +109,14 @@ class _Compiler:
         weights = kernels.PackedConvWeights(self.arr(op, "weight"), int(a["in_channels_per_group"]), int(a["groups"]))
         scale = self.arr(op, "scale").astype(np.float32)
         shift = self.arr(op, "shift").astype(np.float32)
-        act: kernels.PReLU | kernels.RPReLU | None = None
-        if a.get("act") == "prelu":
-            act = kernels.PReLU(self.arr(op, "act.slope"))
-        elif a.get("act") == "rprelu":
-            act = kernels.RPReLU(self.arr(op, "act.gamma"), self.arr(op, "act.slope"), self.arr(op, "act.zeta"))
-        elif a.get("act") is not None:
-            raise BnnFormatError(f"{self.where}: unknown activation {a['act']!r}")
+        act = self.act(op)
         thr = self.arr(op, "next_threshold") if o.get("bits") else None
-        stride, padding, dilation = tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"])
         x, res, y, bits = i["x"], i.get("residual"), o.get("y"), o.get("bits")
-        want_float = y is not None
+        conv = kernels.BConv(weights, a["stride"], a["padding"], a["dilation"], scale, shift, act, thr,
+                             want_float=y is not None, want_bits=bits is not None)  # fmt: skip
 
         def run(env: Env) -> None:
-            r = _nhwc(env[res]) if res is not None else None
-            out = kernels.bconv2d(env[x], weights, stride, padding, dilation, scale, shift, r, act, thr,
-                                  want_float=want_float, want_bits=bits is not None)  # fmt: skip
+            out = conv(env[x], _nhwc(env[res]) if res is not None else None)
             if y is not None:
                 assert out.out is not None
                 env[y] = _from_nhwc(out.out)
@@ -139,10 +130,22 @@ class _Compiler:
         w = _cl(torch.from_numpy(self.arr(op, "weight")))
         b = torch.from_numpy(self.arr(op, "bias"))
         stride, padding, dilation, groups = tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"]
-        act = self.act_fn(op)
+        act = self.act(op)
         x, y = i["x"], o["y"]
         one_by_one = w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1
         w2 = w.reshape(w.shape[0], w.shape[1]).t().contiguous() if one_by_one else w
+        # Stems (few input channels): the engine's register-tiled direct conv with the activation fused in its
+        # epilogue. Against torch's channels-last conv it wins when there is an activation to fuse or the kernel is
+        # small, and loses a little on ResNet's bare 7x7 stem (both near the FMA ceiling there).
+        small = act is not None or w.shape[2] * w.shape[3] <= 9
+        if groups == 1 and w.shape[1] <= 4 and float_ops.has_direct_conv() and small:
+            dw = float_ops.DirectConvWeights(self.arr(op, "weight"), self.arr(op, "bias"))
+
+            def run_direct(env: Env) -> None:
+                xin = np.ascontiguousarray(env[x].permute(0, 2, 3, 1).contiguous().numpy())
+                env[y] = _from_nhwc(float_ops.direct_conv2d(xin, dw, stride, padding, dilation, act))
+
+            return run_direct
 
         def run(env: Env) -> None:
             xin: torch.Tensor = env[x]
@@ -152,25 +155,31 @@ class _Compiler:
                 z = out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
             else:
                 z = F.conv2d(_cl(xin), w, b, stride, padding, dilation, groups)
-            env[y] = act(z) if act is not None else z
+            if act is not None:  # in place on the conv's own fresh output
+                za = _nhwc(z)
+                z = _from_nhwc(float_ops.channel_act(za, act, out=za))
+            env[y] = z
 
         return run
 
     def op_act(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
-        act = self.act_fn(op)
-        assert act is not None
+        act = self.act(op)
+        if act is None:
+            raise BnnFormatError(f"{self.where}: act op without an activation")
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = act(env[x])
+            env[y] = _from_nhwc(float_ops.channel_act(_nhwc(env[x]), act))
 
         return run
 
     def op_relu(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         x, y = i["x"], o["y"]
 
+        relu = float_ops.ReLU()
+
         def run(env: Env) -> None:
-            env[y] = torch.relu(env[x])
+            env[y] = _from_nhwc(float_ops.channel_act(_nhwc(env[x]), relu))
 
         return run
 
@@ -186,19 +195,11 @@ class _Compiler:
     def op_sum(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         xs, y = list(i["xs"]), o["y"]
         ups = list(zip(i.get("up", []), a.get("up_factors", []), strict=True))
-        act = self.act_fn(op)
+        act = self.act(op)
 
-        def run(env: Env) -> None:
-            total = _cl(env[xs[0]] + env[xs[1]] if len(xs) > 1 else env[xs[0]].clone())
-            for v in xs[2:]:
-                total.add_(env[v])
-            if ups:
-                n, c, h, w = total.shape
-                t6 = total.permute(0, 2, 3, 1)  # NHWC view of the channels-last sum, written in place
-                for v, f in ups:
-                    low = env[v].permute(0, 2, 3, 1)
-                    t6.view(n, h // f, f, w // f, f, c).add_(low[:, :, None, :, None, :])
-            env[y] = act(total) if act is not None else total
+        def run(env: Env) -> None:  # one native pass: same-size inputs, nearest-upsampled ones, the activation
+            lows = [(_nhwc(env[v]), f) for v, f in ups]
+            env[y] = _from_nhwc(float_ops.sum_upsampled([_nhwc(env[v]) for v in xs], lows, act))
 
         return run
 
@@ -207,7 +208,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = F.max_pool2d(env[x], k, s, p, d, ceil)
+            env[y] = _from_nhwc(float_ops.max_pool2d(_nhwc(env[x]), k, s, p, d, ceil))
 
         return run
 
@@ -217,7 +218,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = F.avg_pool2d(env[x], k, s, p, ceil, incl)
+            env[y] = _from_nhwc(float_ops.avg_pool2d(_nhwc(env[x]), k, s, p, ceil, incl))
 
         return run
 
@@ -265,10 +266,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            xin: torch.Tensor = _cl(env[x])
-            n, c, h, w = xin.shape
-            v = xin.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, f, w, f, c)
-            env[y] = v.reshape(n, h * f, w * f, c).permute(0, 3, 1, 2)
+            env[y] = _from_nhwc(float_ops.upsample_nearest(_nhwc(env[x]), f))
 
         return run
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "epilogue.h"
+#include "float_ops.h"
 
 namespace binpose {
 
@@ -37,12 +38,29 @@ using MicroKernelFn = void (*)(const MicroArgs& a, int npix, int nblk);
 using PackRowsFn = void (*)(const float* x, std::size_t rows, std::size_t n, std::size_t x_stride, const float* thr,
                             std::uint32_t* out, std::size_t out_stride);
 
+// A direct float convolution for layers with few input channels (the stems that see raw pixels), where GEMM-based
+// convs waste most of their work on layout. Input zero-padded NHWC [N][Hp][Wp][Cin]; weights [KH][KW][Cin][OCp]
+// (OCp = OC rounded up to 16, zero past OC); out NHWC [N][OH][OW][OC] = act(conv + bias).
+struct FloatConvArgs {
+  const float* xp;
+  int Hp, Wp, Cin;
+  int KH, KW, sh, sw, dh, dw;
+  int OH, OW, OC, OCp;
+  const float* w;
+  const float* bias;  // [OCp]
+  ChannelAct act;     // per-channel vectors of length OC
+  float* out;
+};
+// Computes output rows [r0, r1) (row r = n * OH + oh).
+using FloatConvRowsFn = void (*)(const FloatConvArgs& a, std::int64_t r0, std::int64_t r1);
+
 struct IsaTable {
   const char* name;
   MicroKernelFn micro;
   EpilogueFn epilogue;
   PackRowsFn pack_rows;
   int max_pixels[5];  // largest npix the micro-kernel accepts (and is tuned for), indexed by nblk (1..4)
+  FloatConvRowsFn float_conv_rows = nullptr;  // null: the ISA has none (the runtime then uses torch's conv)
 };
 
 // Per-ISA tables (defined only where the ISA's file is compiled).

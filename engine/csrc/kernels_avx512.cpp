@@ -57,7 +57,7 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
   static const auto r3 = make_row<3>(std::make_integer_sequence<int, 8>{});
   static const auto r4 = make_row<4>(std::make_integer_sequence<int, 6>{});
   if (npix == 6 && nblk == 4) {  // the full tile: an unrolled variant for 64 input channels per group
-    if (a.cw == 2) return micro_tile<6, 4, 2>(a);
+    if (a.cw == 2 && false) return micro_tile<6, 4, 2>(a);
   }
   switch (nblk) {
     case 1: r1[npix - 1](a); break;
@@ -147,10 +147,93 @@ void pack_rows_avx512(const float* x, std::size_t rows, std::size_t n, std::size
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------- direct float conv
+// Register tile: P consecutive output pixels of one row x B blocks of 16 output channels (P * B <= 24 zmm
+// accumulators). Inner step (one tap, one input channel): B weight vectors, then per pixel one broadcast input value
+// and B FMAs. The epilogue adds the bias, applies the activation and stores with a mask for the channel tail.
+template <int P, int B>
+void fconv_tile(const FloatConvArgs& a, const float* row0, int ow0, int oc0, float* out_px) {
+  __m512 acc[P][B];
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < B; ++b) acc[p][b] = _mm512_setzero_ps();
+  const std::ptrdiff_t xstep = static_cast<std::ptrdiff_t>(a.sw) * a.Cin;  // floats between neighbouring pixels
+  const std::ptrdiff_t rstride = static_cast<std::ptrdiff_t>(a.Wp) * a.Cin;
+  for (int kh = 0; kh < a.KH; ++kh) {
+    const float* xr = row0 + static_cast<std::ptrdiff_t>(kh) * a.dh * rstride +
+                      static_cast<std::ptrdiff_t>(ow0) * xstep;
+    for (int kw = 0; kw < a.KW; ++kw) {
+      const float* xk = xr + static_cast<std::ptrdiff_t>(kw) * a.dw * a.Cin;
+      const float* wk = a.w + (static_cast<std::ptrdiff_t>(kh * a.KW + kw) * a.Cin) * a.OCp + oc0;
+      for (int ci = 0; ci < a.Cin; ++ci, wk += a.OCp) {
+        __m512 w[B];
+        for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_ps(wk + 16 * b);
+        for (int p = 0; p < P; ++p) {
+          const __m512 x = _mm512_set1_ps(xk[p * xstep + ci]);
+          for (int b = 0; b < B; ++b) acc[p][b] = _mm512_fmadd_ps(x, w[b], acc[p][b]);
+        }
+      }
+    }
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (int b = 0; b < B; ++b) {
+    const int o = oc0 + 16 * b;
+    const int cnt = a.OC - o < 16 ? a.OC - o : 16;
+    if (cnt <= 0) break;
+    const __mmask16 m = static_cast<__mmask16>(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1u);
+    const __m512 bias = _mm512_loadu_ps(a.bias + o);
+    __m512 slope = zero, gamma = zero, zeta = zero;
+    if (a.act.act == kActPrelu || a.act.act == kActRprelu) slope = _mm512_maskz_loadu_ps(m, a.act.slope + o);
+    if (a.act.act == kActRprelu) {
+      gamma = _mm512_maskz_loadu_ps(m, a.act.gamma + o);
+      zeta = _mm512_maskz_loadu_ps(m, a.act.zeta + o);
+    }
+    for (int p = 0; p < P; ++p) {
+      __m512 y = _mm512_add_ps(acc[p][b], bias);
+      if (a.act.act == kActRelu) {
+        y = _mm512_max_ps(y, zero);
+      } else if (a.act.act == kActPrelu) {
+        y = _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LE_OQ), y, slope);
+      } else if (a.act.act == kActRprelu) {
+        __m512 t = _mm512_sub_ps(y, gamma);
+        t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LE_OQ), t, slope);
+        y = _mm512_add_ps(t, zeta);
+      }
+      _mm512_mask_storeu_ps(out_px + static_cast<std::ptrdiff_t>(p) * a.OC + o, m, y);
+    }
+  }
+}
+
+template <int B>
+void fconv_row(const FloatConvArgs& a, const float* row0, int oc0, float* out_row) {
+  constexpr int P = B == 4 ? 6 : (B == 3 ? 8 : 8);
+  int ow = 0;
+  for (; ow + P <= a.OW; ow += P) fconv_tile<P, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
+  for (; ow < a.OW; ++ow) fconv_tile<1, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
+}
+
+void float_conv_rows_avx512(const FloatConvArgs& a, std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; ++r) {
+    const std::int64_t n = r / a.OH;
+    const int oh = static_cast<int>(r % a.OH);
+    const float* row0 = a.xp + ((n * a.Hp + static_cast<std::int64_t>(oh) * a.sh) * a.Wp) * a.Cin;
+    float* out_row = a.out + r * a.OW * a.OC;
+    for (int oc0 = 0; oc0 < a.OC; oc0 += 64) {
+      switch ((a.OC - oc0 + 15) / 16) {
+        case 1: fconv_row<1>(a, row0, oc0, out_row); break;
+        case 2: fconv_row<2>(a, row0, oc0, out_row); break;
+        case 3: fconv_row<3>(a, row0, oc0, out_row); break;
+        default: fconv_row<4>(a, row0, oc0, out_row); break;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 const IsaTable& isa_avx512() {
-  static const IsaTable table{"avx512", &micro_avx512, &epilogue_avx512, &pack_rows_avx512, {0, 8, 8, 8, 6}};
+  static const IsaTable table{"avx512", &micro_avx512, &epilogue_avx512, &pack_rows_avx512, {0, 8, 8, 8, 6},
+                              &float_conv_rows_avx512};
   return table;
 }
 

@@ -16,6 +16,7 @@
 #include "bconv.h"
 #include "bitpack.h"
 #include "dispatch.h"
+#include "float_ops.h"
 #include "threadpool.h"
 
 namespace nb = nanobind;
@@ -191,6 +192,176 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
   return nb::make_tuple(out_f, out_b);
 }
 
+
+// ------------------------------------------------------------------------------------------------ float NHWC ops
+using Float4 = In<float, 4>;
+using MutFloat4 = nb::ndarray<float, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
+
+binpose::ChannelAct channel_act_params(const char* op, int act, const std::optional<Vec>& slope,
+                                       const std::optional<Vec>& gamma, const std::optional<Vec>& zeta,
+                                       std::size_t C) {
+  if (act < binpose::kActNone || act > binpose::kActRelu) throw std::invalid_argument(std::string(op) + ": unknown activation");
+  auto vec = [&](const std::optional<Vec>& v, const char* name, bool required) -> const float* {
+    if (!v) {
+      if (required) throw std::invalid_argument(std::string(op) + ": " + name + " is required for this activation");
+      return nullptr;
+    }
+    if (v->shape(0) != C)
+      throw std::invalid_argument(std::string(op) + ": " + name + " must have one entry per channel (" + str(C) +
+                                  "), got " + str(v->shape(0)));
+    return v->data();
+  };
+  binpose::ChannelAct a;
+  a.act = act;
+  a.slope = vec(slope, "slope", act == binpose::kActPrelu || act == binpose::kActRprelu);
+  a.gamma = vec(gamma, "gamma", act == binpose::kActRprelu);
+  a.zeta = vec(zeta, "zeta", act == binpose::kActRprelu);
+  return a;
+}
+
+void check_nonempty(const char* op, std::size_t N, std::size_t H, std::size_t W, std::size_t C) {
+  if (N == 0 || H == 0 || W == 0 || C == 0) throw std::invalid_argument(std::string(op) + ": empty input");
+}
+
+nb::object py_channel_act(Float4 x, int act, std::optional<Vec> slope, std::optional<Vec> gamma,
+                          std::optional<Vec> zeta, std::optional<MutFloat4> out) {
+  const std::size_t N = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3);
+  const binpose::ChannelAct a = channel_act_params("channel_act", act, slope, gamma, zeta, C);
+  float* dst = nullptr;
+  nb::object result = nb::none();
+  std::optional<Out<float, 4>> fresh;
+  if (out) {
+    for (int d = 0; d < 4; ++d)
+      if (out->shape(d) != x.shape(d)) throw std::invalid_argument("channel_act: out must have the input's shape");
+    dst = out->data();
+  } else {
+    fresh = new_array<float, 4>({N, H, W, C});
+    dst = fresh->data();
+  }
+  {
+    nb::gil_scoped_release release;
+    binpose::channel_act(x.data(), dst, static_cast<std::int64_t>(N * H * W), static_cast<int>(C), a);
+  }
+  if (fresh) result = nb::cast(*fresh);
+  return result;
+}
+
+binpose::PoolGeometry pool_geometry(const char* op, const Float4& x, std::vector<int> k, std::vector<int> s,
+                                    std::vector<int> p, std::vector<int> d, std::vector<int> out_hw) {
+  if (k.size() != 2 || s.size() != 2 || p.size() != 2 || d.size() != 2 || out_hw.size() != 2)
+    throw std::invalid_argument(std::string(op) + ": kernel, stride, padding, dilation and output size take 2 values");
+  check_nonempty(op, x.shape(0), x.shape(1), x.shape(2), x.shape(3));
+  binpose::PoolGeometry g{static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)), static_cast<int>(x.shape(2)),
+                          static_cast<int>(x.shape(3)), k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                          out_hw[0], out_hw[1]};
+  if (g.kh < 1 || g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.pt < 0 || g.pl < 0)
+    throw std::invalid_argument(std::string(op) + ": kernel, stride and dilation must be >= 1, padding >= 0");
+  if (g.OH < 1 || g.OW < 1) throw std::invalid_argument(std::string(op) + ": output size must be positive");
+  return g;
+}
+
+Out<float, 4> py_maxpool2d(Float4 x, std::vector<int> k, std::vector<int> s, std::vector<int> p, std::vector<int> d,
+                           std::vector<int> out_hw) {
+  const binpose::PoolGeometry g = pool_geometry("maxpool2d", x, k, s, p, d, out_hw);
+  auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW), x.shape(3)});
+  {
+    nb::gil_scoped_release release;
+    binpose::maxpool2d(x.data(), g, out.data());
+  }
+  return out;
+}
+
+Out<float, 4> py_avgpool2d(Float4 x, std::vector<int> k, std::vector<int> s, std::vector<int> p,
+                           std::vector<int> out_hw, bool count_include_pad) {
+  const binpose::PoolGeometry g = pool_geometry("avgpool2d", x, k, s, p, {1, 1}, out_hw);
+  auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW), x.shape(3)});
+  {
+    nb::gil_scoped_release release;
+    binpose::avgpool2d(x.data(), g, count_include_pad, out.data());
+  }
+  return out;
+}
+
+Out<float, 4> py_sum_upsampled(std::vector<Float4> xs, std::vector<Float4> ups, std::vector<int> factors, int act,
+                               std::optional<Vec> slope, std::optional<Vec> gamma, std::optional<Vec> zeta) {
+  if (xs.empty()) throw std::invalid_argument("sum_upsampled: need at least one full-resolution input");
+  if (ups.size() != factors.size()) throw std::invalid_argument("sum_upsampled: one factor per upsampled input");
+  const std::size_t N = xs[0].shape(0), H = xs[0].shape(1), W = xs[0].shape(2), C = xs[0].shape(3);
+  check_nonempty("sum_upsampled", N, H, W, C);
+  std::vector<const float*> xp, up;
+  for (const auto& v : xs) {
+    for (int d = 0; d < 4; ++d)
+      if (v.shape(d) != xs[0].shape(d)) throw std::invalid_argument("sum_upsampled: inputs must have the same shape");
+    xp.push_back(v.data());
+  }
+  for (std::size_t j = 0; j < ups.size(); ++j) {
+    const int f = factors[j];
+    if (f < 1 || H % f != 0 || W % f != 0 || ups[j].shape(0) != N || ups[j].shape(1) * f != H ||
+        ups[j].shape(2) * f != W || ups[j].shape(3) != C)
+      throw std::invalid_argument("sum_upsampled: upsampled input " + str(j) + " must be (N, H/f, W/f, C) for f = " +
+                                  std::to_string(f));
+    up.push_back(ups[j].data());
+  }
+  const binpose::ChannelAct a = channel_act_params("sum_upsampled", act, slope, gamma, zeta, C);
+  auto out = new_array<float, 4>({N, H, W, C});
+  {
+    nb::gil_scoped_release release;
+    binpose::sum_upsampled(xp.data(), static_cast<int>(xp.size()), up.data(), factors.data(),
+                           static_cast<int>(up.size()), static_cast<int>(N), static_cast<int>(H), static_cast<int>(W),
+                           static_cast<int>(C), a, out.data());
+  }
+  return out;
+}
+
+Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
+                              std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
+                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
+  if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
+    throw std::invalid_argument("float_conv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
+  binpose::FloatConvGeometry g{};
+  g.N = static_cast<int>(x.shape(0));
+  g.H = static_cast<int>(x.shape(1));
+  g.W = static_cast<int>(x.shape(2));
+  g.Cin = static_cast<int>(x.shape(3));
+  g.KH = static_cast<int>(w.shape(0));
+  g.KW = static_cast<int>(w.shape(1));
+  if (w.shape(2) != x.shape(3))
+    throw std::invalid_argument("float_conv2d: weights are [KH, KW, Cin, OCp] with Cin = " + str(x.shape(3)));
+  g.OC = out_channels;
+  g.OCp = static_cast<int>(w.shape(3));
+  if (bias.shape(0) != w.shape(3)) throw std::invalid_argument("float_conv2d: bias must have OCp entries");
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.pt = padding[0];
+  g.pl = padding[1];
+  g.pb = padding[2];
+  g.pr = padding[3];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  binpose::float_conv_output_size(g);
+  const binpose::ChannelAct a = channel_act_params("float_conv2d", act, slope, gamma, zeta, static_cast<std::size_t>(g.OC));
+  auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW),
+                                  static_cast<std::size_t>(g.OC)});
+  {
+    nb::gil_scoped_release release;
+    binpose::float_conv2d(x.data(), g, w.data(), bias.data(), a, out.data());
+  }
+  return out;
+}
+
+Out<float, 4> py_upsample_nearest(Float4 x, int f) {
+  if (f < 1) throw std::invalid_argument("upsample_nearest: factor must be >= 1");
+  const std::size_t N = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3);
+  check_nonempty("upsample_nearest", N, H, W, C);
+  auto out = new_array<float, 4>({N, H * f, W * f, C});
+  {
+    nb::gil_scoped_release release;
+    binpose::upsample_nearest(x.data(), static_cast<int>(N), static_cast<int>(H), static_cast<int>(W),
+                              static_cast<int>(C), f, out.data());
+  }
+  return out;
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -224,6 +395,22 @@ NB_MODULE(_native, m) {
         nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
         nb::arg("next_threshold").none() = nb::none(), nb::arg("want_float") = true, nb::arg("want_bits") = false,
         "Packed binary conv2d with the fused epilogue; returns (float NHWC or None, uint32 bits or None).");
+  m.def("channel_act", &py_channel_act, nb::arg("x"), nb::arg("act"), nb::arg("slope").none() = nb::none(),
+        nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(), nb::arg("out").none() = nb::none(),
+        "Per-channel activation of float NHWC (0 none, 1 PReLU, 2 RPReLU, 3 ReLU); into `out` (None returned) or new.");
+  m.def("maxpool2d", &py_maxpool2d, nb::arg("x"), nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"),
+        nb::arg("dilation"), nb::arg("out_hw"), "Max pooling of float NHWC (-inf padding).");
+  m.def("avgpool2d", &py_avgpool2d, nb::arg("x"), nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"),
+        nb::arg("out_hw"), nb::arg("count_include_pad"), "Average pooling of float NHWC (torch's divisor rules).");
+  m.def("sum_upsampled", &py_sum_upsampled, nb::arg("xs"), nb::arg("ups"), nb::arg("factors"), nb::arg("act") = 0,
+        nb::arg("slope").none() = nb::none(), nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
+        "act(sum of same-shape float NHWC inputs + nearest-upsampled lower-resolution ones).");
+  m.def("upsample_nearest", &py_upsample_nearest, nb::arg("x"), nb::arg("factor"), "Nearest upsampling of float NHWC.");
+  m.def("has_float_conv", &binpose::has_float_conv, "Whether the active ISA has the direct float conv.");
+  m.def("float_conv2d", &py_float_conv2d, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("out_channels"),
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("act") = 0,
+        nb::arg("slope").none() = nb::none(), nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
+        "Direct float conv of NHWC x with [KH, KW, Cin, OCp] weights, + bias, activation (few input channels).");
   m.def("available_isas", &binpose::available_isas, "ISAs usable on this CPU and build, best first.");
   m.def("active_isa", [] { return std::string(binpose::active_isa().name); }, "The ISA the kernels use now.");
   m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (avx512 | avx2 | scalar).");

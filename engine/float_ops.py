@@ -1,0 +1,181 @@
+"""Float NHWC ops of the packed runtime's glue, in the native core (``engine._native``). numpy in, numpy out; no torch.
+
+Binary convs leave float tensors in NHWC. These ops keep them there and run on the kernels' own thread pool, so the
+glue between binary layers (pooling, the sums of HRNet's branch fusion, activations, nearest upsampling) neither
+reorders memory nor wakes torch's pool. Semantics follow ``torch.nn.functional`` (tests check them against it):
+
+- :func:`max_pool2d`: implicit -inf padding, dilation, ``ceil_mode`` (NaN inputs are not propagated).
+- :func:`avg_pool2d`: ``count_include_pad`` and ``ceil_mode`` with torch's divisor rules (no dilation).
+- :func:`sum_upsampled`: ``act(sum(xs) + sum(nearest_upsample(u, f)))`` in one pass.
+- :func:`channel_act`: ReLU, PReLU or RPReLU per channel, in place when ``out`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from engine import _native
+from engine.kernels import PReLU, RPReLU
+
+FloatArray = npt.NDArray[np.float32]
+
+__all__ = ["ReLU", "Activation", "channel_act", "max_pool2d", "avg_pool2d", "sum_upsampled", "upsample_nearest",
+           "pool_output_size"]  # fmt: skip
+
+
+class ReLU:
+    """``y -> max(y, 0)``."""
+
+
+Activation = ReLU | PReLU | RPReLU | None
+
+
+def _act_args(act: Activation) -> tuple[int, FloatArray | None, FloatArray | None, FloatArray | None]:
+    if act is None:
+        return 0, None, None, None
+    if isinstance(act, ReLU):
+        return 3, None, None, None
+    if isinstance(act, PReLU):
+        return 1, _f32(act.slope), None, None
+    if isinstance(act, RPReLU):
+        return 2, _f32(act.slope), _f32(act.gamma), _f32(act.zeta)
+    raise TypeError(f"activation must be None, ReLU, PReLU or RPReLU, got {type(act).__name__}")
+
+
+def _f32(v: npt.ArrayLike) -> FloatArray:
+    a = np.asarray(v)
+    if a.dtype == np.float32 and a.ndim == 1 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+
+
+def _nhwc(name: str, x: npt.ArrayLike) -> FloatArray:
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim != 4:
+        raise ValueError(f"{name}: expected float32 NHWC (4-D), got shape {a.shape}")
+    return a
+
+
+def _pair(name: str, v: int | Sequence[int]) -> list[int]:
+    t = [int(v), int(v)] if isinstance(v, int | np.integer) else [int(x) for x in v]
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+    return t
+
+
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output length (``ceil_mode``: the last window must start inside the input or left padding)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    if out < 1:
+        raise ValueError(f"pooling: output size would be {out} for input {size}, kernel {kernel}, padding {padding}")
+    return out
+
+
+def _pool_args(
+    name: str, x: FloatArray, kernel: int | Sequence[int], stride: int | Sequence[int] | None,
+    padding: int | Sequence[int], dilation: int | Sequence[int], ceil_mode: bool,
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:  # fmt: skip
+    k = _pair("kernel", kernel)
+    s = _pair("stride", stride if stride is not None and stride != [] else kernel)
+    p, d = _pair("padding", padding), _pair("dilation", dilation)
+    if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
+        raise ValueError(f"{name}: padding {p} must be at most half the kernel {k}")
+    out = [pool_output_size(int(x.shape[1 + i]), k[i], s[i], p[i], d[i], ceil_mode) for i in range(2)]
+    return k, s, p, d, out
+
+
+def max_pool2d(
+    x: npt.ArrayLike, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, ceil_mode: bool = False,
+) -> FloatArray:  # fmt: skip
+    """Max pooling of float32 NHWC ``x`` (``torch.nn.functional.max_pool2d`` semantics; stride defaults to kernel)."""
+    a = _nhwc("max_pool2d", x)
+    k, s, p, d, out = _pool_args("max_pool2d", a, kernel, stride, padding, dilation, ceil_mode)
+    return np.asarray(_native.maxpool2d(a, k, s, p, d, out))
+
+
+def avg_pool2d(
+    x: npt.ArrayLike, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+) -> FloatArray:  # fmt: skip
+    """Average pooling of float32 NHWC ``x`` (``torch.nn.functional.avg_pool2d`` semantics)."""
+    a = _nhwc("avg_pool2d", x)
+    k, s, p, _, out = _pool_args("avg_pool2d", a, kernel, stride, padding, 1, ceil_mode)
+    return np.asarray(_native.avgpool2d(a, k, s, p, out, bool(count_include_pad)))
+
+
+def channel_act(x: npt.ArrayLike, act: Activation, out: FloatArray | None = None) -> FloatArray:
+    """``act`` per channel of float32 NHWC ``x``; written into ``out`` (may be ``x`` itself) if given."""
+    a = _nhwc("channel_act", x)
+    code, slope, gamma, zeta = _act_args(act)
+    if out is not None:
+        if out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable or out.shape != a.shape:
+            raise ValueError("channel_act: out must be a writable C-contiguous float32 array of the input's shape")
+        _native.channel_act(a, code, slope, gamma, zeta, out)
+        return out
+    return np.asarray(_native.channel_act(a, code, slope, gamma, zeta, None))
+
+
+def sum_upsampled(
+    xs: Sequence[npt.ArrayLike], ups: Sequence[tuple[npt.ArrayLike, int]] = (), act: Activation = None
+) -> FloatArray:
+    """``act(sum(xs) + sum(nearest_upsample(u, f) for u, f in ups))`` for float32 NHWC tensors, in one pass."""
+    full = [_nhwc("sum_upsampled", v) for v in xs]
+    low = [_nhwc("sum_upsampled", u) for u, _ in ups]
+    code, slope, gamma, zeta = _act_args(act)
+    return np.asarray(_native.sum_upsampled(full, low, [int(f) for _, f in ups], code, slope, gamma, zeta))
+
+
+def upsample_nearest(x: npt.ArrayLike, factor: int) -> FloatArray:
+    """Nearest upsampling of float32 NHWC ``x`` by an integer factor."""
+    return np.asarray(_native.upsample_nearest(_nhwc("upsample_nearest", x), int(factor)))
+
+
+class DirectConvWeights:
+    """Float conv weights laid out for :func:`direct_conv2d`: ``[KH, KW, Cin, OCp]`` with the output channels padded
+    to a multiple of 16, plus the bias padded the same way. Built once from OIHW weights (groups 1)."""
+
+    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None) -> None:
+        w = np.asarray(weight, dtype=np.float32)
+        if w.ndim != 4:
+            raise ValueError(f"DirectConvWeights: expected OIHW weights, got shape {w.shape}")
+        o, i, kh, kw = (int(v) for v in w.shape)
+        ocp = (o + 15) // 16 * 16
+        packed = np.zeros((kh, kw, i, ocp), np.float32)
+        packed[..., :o] = w.transpose(2, 3, 1, 0)
+        b = np.zeros(ocp, np.float32)
+        if bias is not None:
+            b[:o] = np.asarray(bias, dtype=np.float32).reshape(-1)
+        self.weight, self.bias, self.out_channels, self.in_channels = packed, b, o, i
+
+
+def has_direct_conv() -> bool:
+    """Whether the active ISA has :func:`direct_conv2d` (AVX-512 today); otherwise use a library conv."""
+    return bool(_native.has_float_conv())
+
+
+def direct_conv2d(
+    x: npt.ArrayLike, weights: DirectConvWeights, stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, act: Activation = None,
+) -> FloatArray:  # fmt: skip
+    """``act(conv2d(x, w) + bias)`` of float32 NHWC ``x`` (groups 1), register-tiled over output pixels and channels:
+    for convs with few input channels (the stems), where GEMM-based convs lose most of their time to layout.
+    ``padding``: int, ``(ph, pw)`` or ``(top, left, bottom, right)``. Raises ``RuntimeError`` where
+    :func:`has_direct_conv` is false."""
+    a = _nhwc("direct_conv2d", x)
+    p = [int(padding)] * 4 if isinstance(padding, int | np.integer) else [int(v) for v in padding]
+    if len(p) == 2:
+        p = [p[0], p[1], p[0], p[1]]
+    if len(p) != 4:
+        raise ValueError(f"direct_conv2d: padding must be an int, (ph, pw) or (top, left, bottom, right), got {padding!r}")
+    code, slope, gamma, zeta = _act_args(act)
+    return np.asarray(
+        _native.float_conv2d(a, weights.weight, weights.bias, weights.out_channels, _pair("stride", stride), p,
+                             _pair("dilation", dilation), code, slope, gamma, zeta)
+    )  # fmt: skip

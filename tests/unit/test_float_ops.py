@@ -1,0 +1,173 @@
+"""The runtime's native float NHWC ops against torch.nn.functional on the same data (1 and 2 kernel threads)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import float_ops, kernels
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    before = kernels.get_num_threads()
+    kernels.set_num_threads(request.param)
+    yield request.param
+    kernels.set_num_threads(before)
+
+
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _x(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+POOLS = [  # (N, H, W, C), kernel, stride, padding, dilation, ceil_mode
+    ((1, 112, 112, 64), 3, 2, 1, 1, False),
+    ((2, 9, 7, 5), 3, 2, 1, 1, True),
+    ((1, 8, 6, 33), 2, 2, 0, 1, False),
+    ((3, 7, 5, 18), 2, 2, 0, 1, True),
+    ((1, 10, 11, 3), (3, 2), (1, 2), (1, 0), 1, False),
+    ((1, 13, 12, 17), 3, 2, 1, 2, True),
+    ((1, 1, 1, 7), 1, 1, 0, 1, False),
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
+def test_max_pool2d_matches_torch(threads: int, shape: tuple[int, ...], k: int, s: int, p: int, d: int, ceil: bool) -> None:
+    x = _x(shape)
+    got = float_ops.max_pool2d(x, k, s, p, d, ceil)
+    want = _nhwc(F.max_pool2d(_nchw(x), k, s, p, d, ceil))
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", [c for c in POOLS if c[4] == 1])
+def test_avg_pool2d_matches_torch(
+    threads: int, shape: tuple[int, ...], k: int, s: int, p: int, d: int, ceil: bool, count_include_pad: bool
+) -> None:
+    x = _x(shape, 1)
+    got = float_ops.avg_pool2d(x, k, s, p, ceil, count_include_pad)
+    want = _nhwc(F.avg_pool2d(_nchw(x), k, s, p, ceil, count_include_pad))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _acts(c: int) -> list[tuple[str, float_ops.Activation]]:
+    rng = np.random.default_rng(c)
+    v = [rng.standard_normal(c).astype(np.float32) for _ in range(3)]
+    return [
+        ("none", None),
+        ("relu", float_ops.ReLU()),
+        ("prelu", kernels.PReLU(v[0])),
+        ("rprelu", kernels.RPReLU(gamma=v[1], slope=v[0], zeta=v[2])),
+    ]
+
+
+def _torch_act(t: torch.Tensor, act: float_ops.Activation) -> torch.Tensor:
+    if act is None:
+        return t
+    if isinstance(act, float_ops.ReLU):
+        return torch.relu(t)
+    if isinstance(act, kernels.PReLU):
+        return F.prelu(t, torch.from_numpy(act.slope))
+    assert isinstance(act, kernels.RPReLU)
+    g, z = (torch.from_numpy(v).reshape(1, -1, 1, 1) for v in (act.gamma, act.zeta))
+    return F.prelu(t - g, torch.from_numpy(act.slope)) + z
+
+
+@pytest.mark.parametrize("shape", [(1, 128, 96, 64), (2, 5, 3, 18), (1, 1, 1, 1)])
+def test_channel_act_matches_torch_new_and_in_place(threads: int, shape: tuple[int, ...]) -> None:
+    x = _x(shape, 2)
+    for name, act in _acts(shape[3]):
+        want = _nhwc(_torch_act(_nchw(x), act))
+        np.testing.assert_allclose(float_ops.channel_act(x, act), want, rtol=1e-6, atol=1e-6, err_msg=name)
+        y = x.copy()
+        assert float_ops.channel_act(y, act, out=y) is y
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("n_full,factors", [(1, []), (2, []), (3, [2]), (1, [2, 4, 8]), (2, [4])])
+def test_sum_upsampled_matches_torch(threads: int, n_full: int, factors: list[int]) -> None:
+    n, h, w, c = 2, 16, 24, 18
+    xs = [_x((n, h, w, c), 10 + i) for i in range(n_full)]
+    ups = [(_x((n, h // f, w // f, c), 20 + f), f) for f in factors]
+    for name, act in _acts(c):
+        total = sum((_nchw(v) for v in xs), torch.zeros(n, c, h, w))
+        for u, f in ups:
+            total = total + F.interpolate(_nchw(u), scale_factor=f, mode="nearest")
+        want = _nhwc(_torch_act(total, act))
+        got = float_ops.sum_upsampled(xs, ups, act)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,f", [((1, 8, 6, 256), 2), ((2, 3, 5, 17), 3), ((1, 1, 1, 4), 1)])
+def test_upsample_nearest_matches_torch(threads: int, shape: tuple[int, ...], f: int) -> None:
+    x = _x(shape, 3)
+    want = _nhwc(F.interpolate(_nchw(x), scale_factor=f, mode="nearest"))
+    np.testing.assert_array_equal(float_ops.upsample_nearest(x, f), want)
+
+
+def test_bad_arguments_raise_clear_errors() -> None:
+    x = _x((1, 8, 8, 4))
+    with pytest.raises(ValueError, match="NHWC"):
+        float_ops.max_pool2d(x[0], 2)
+    with pytest.raises(ValueError, match="padding"):
+        float_ops.max_pool2d(x, 2, 2, 2)
+    with pytest.raises(ValueError, match="output size"):
+        float_ops.avg_pool2d(_x((1, 1, 1, 4)), 3)
+    with pytest.raises(ValueError, match="one entry per channel"):
+        float_ops.channel_act(x, kernels.PReLU(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match="H/f"):
+        float_ops.sum_upsampled([x], [(_x((1, 3, 4, 4)), 2)])
+    with pytest.raises(ValueError, match="same shape"):
+        float_ops.sum_upsampled([x, _x((1, 8, 8, 5))])
+    with pytest.raises(TypeError, match="ReLU"):
+        float_ops.channel_act(x, "relu")  # type: ignore[arg-type]
+    if float_ops.has_direct_conv():
+        dw = float_ops.DirectConvWeights(_x((16, 3, 3, 3)))
+        with pytest.raises(ValueError, match="Cin = 4"):
+            float_ops.direct_conv2d(x, dw, 1, 1)
+        with pytest.raises(ValueError, match="smaller than the kernel"):
+            float_ops.direct_conv2d(_x((1, 1, 1, 3)), dw)
+
+
+DIRECT = [  # Cin, OC, kernel, stride, padding, dilation, (H, W)
+    (3, 64, (7, 7), 2, 3, 1, (37, 30)),
+    (3, 64, (3, 3), 2, 1, 1, (32, 24)),
+    (1, 20, (3, 3), 1, 1, 1, (9, 11)),
+    (4, 70, (1, 5), (1, 2), (0, 2, 0, 1), 1, (6, 13)),
+    (2, 16, (3, 3), 1, 0, 2, (8, 8)),
+    (3, 130, (2, 2), 2, 0, 1, (5, 7)),
+]
+
+
+@pytest.mark.skipif(not float_ops.has_direct_conv(), reason="the direct float conv needs AVX-512 (torch's conv runs instead)")
+@pytest.mark.parametrize("cin,oc,k,s,p,d,hw", DIRECT)
+def test_direct_conv2d_matches_torch(
+    threads: int, cin: int, oc: int, k: tuple[int, int], s: int, p: int | tuple[int, ...], d: int, hw: tuple[int, int]
+) -> None:
+    x = _x((2, *hw, cin), 5)
+    rng = np.random.default_rng(oc)
+    w = rng.standard_normal((oc, cin, *k)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    dw = float_ops.DirectConvWeights(w, b)
+    pt = (p, p, p, p) if isinstance(p, int) else p
+    xt = F.pad(_nchw(x), (pt[1], pt[3], pt[0], pt[2]))
+    z = F.conv2d(xt, torch.from_numpy(w), torch.from_numpy(b), s, 0, d)
+    for name, act in _acts(oc):
+        want = _nhwc(_torch_act(z, act))
+        got = float_ops.direct_conv2d(x, dw, s, p, d, act)
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
