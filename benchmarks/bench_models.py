@@ -38,18 +38,26 @@ TARGETS = {"resnet18": 6.0, "sbpn-r18": 4.0, "bhrnet-w32": 4.0}  # packed vs ORT
 logger = logging.getLogger("bench_models")
 
 
-def _time(fn: Callable[[], Any], budget_s: float, min_runs: int = 5, warmup: int = 2) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
+def _time_rounds(
+    fns: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], budget_s: float, min_rounds: int = 5, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+    """Times each ``name -> (setup, fn)`` in interleaved rounds (one call of each per round, ``setup`` untimed before
+    it), so a slow spell of a shared machine hits every backend alike and the ratios stay fair."""
+    for setup, fn in fns.values():
+        setup()
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return {"median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "runs": len(times)}
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() - start < budget_s * len(fns) and rounds < 200):
+        for name, (setup, fn) in fns.items():
+            setup()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3, "runs": len(v)} for k, v in times.items()}
 
 
 def _ort_session(path: Path, threads: int) -> Any:
@@ -95,11 +103,12 @@ def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget
             x = torch.randn(b, 3, h, w)
             xn = x.numpy()
             row: dict[str, Any] = {"model": arg, "batch": b, "threads": t}
-            row["packed"] = _time(functools.partial(pm, x), budget_s)
-            torch.set_num_threads(t)  # the float twin in torch gets all t threads
             with torch.no_grad():
-                row["torch_float"] = _time(functools.partial(twin, x), budget_s)
-            row["onnx_float"] = _time(functools.partial(sess.run, None, {"input": xn}), budget_s)
+                row.update(_time_rounds({
+                    "packed": (lambda: None, functools.partial(pm, x)),  # sets its own threads (torch's glue at 1)
+                    "torch_float": (functools.partial(torch.set_num_threads, t), functools.partial(twin, x)),
+                    "onnx_float": (lambda: None, functools.partial(sess.run, None, {"input": xn})),
+                }, budget_s))  # fmt: skip
             for base in ("torch_float", "onnx_float"):
                 row[f"speedup_vs_{base}"] = row[base]["median_ms"] / row["packed"]["median_ms"]
             logger.info("%s b%d t%d: packed %.2f ms, torch %.2f ms, ORT %.2f ms (x%.1f vs ORT)", name, b, t,
@@ -127,7 +136,8 @@ def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Model benchmark ({result['machine']['cpu']}, ISA {result['machine']['isa']})", "",
-        "Latency in ms (median); speed-up = float twin / packed. Command: "
+        "Latency in ms (median of interleaved rounds: one call of each backend per round); speed-up = float twin / "
+        "packed. Command: "
         "`.venv/bin/python -m benchmarks.bench_models`. Load average (1 min) at start / end: "
         f"{result['machine'].get('loadavg_start', ['?'])[0]} / {result['machine'].get('loadavg_end', ['?'])[0]} "
         f"on {result['machine']['cores']} cores.", "",

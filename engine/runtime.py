@@ -1,10 +1,10 @@
 """The packed runtime: ``engine.load(path) -> PackedModel`` runs a .bnn file's op list (design contract 5).
 
-Needs only the .bnn file: it never imports ``models`` or traces anything. Binary convs (with their fused epilogue)
-run in the packed kernels (``engine.kernels``); float ops (stem conv, 1x1 shortcut convs, pooling, upsampling,
-heads) run in torch on channels-last tensors, so no layout reorder happens between a kernel and a torch op: a float
-value is a torch tensor with NCHW shape and NHWC memory, and its ``permute(0, 2, 3, 1)`` is the kernels' C-contiguous
-NHWC array without a copy.
+Needs only the .bnn file: it never imports ``models`` or traces anything. Every value between two ops stays in NHWC:
+float tensors as C-contiguous float32 numpy arrays, bits as ``kernels.PackedActivations``. Binary convs (with their
+fused epilogue) run in the packed kernels (``engine.kernels``); the float glue (pooling, branch sums, upsampling,
+activations, the stems' direct conv) runs in the native float ops (``engine.float_ops``) on the same thread pool;
+what remains for torch (1x1 convs as one GEMM, other float convs, the classifier) sees zero-copy channels-last views.
 
 Threads: the binary kernels run on their own pool (``num_threads``, default ``BINPOSE_THREADS`` or all CPUs); torch's
 intra-op pool is set to ``torch_threads`` (default 1) when a PackedModel runs. The float glue is small, and an OpenMP
@@ -35,22 +35,22 @@ Env = dict[str, Any]
 OpFn = Callable[[Env], None]
 
 
-def _nhwc(t: torch.Tensor) -> np.ndarray:
-    """NHWC float32 C-contiguous numpy view of an NCHW-shaped tensor (a copy only if it is not channels-last)."""
+def _to_nchw(a: np.ndarray) -> torch.Tensor:
+    """NCHW-shaped torch view of a float NHWC array (channels-last memory, no copy)."""
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+
+def _to_nhwc(t: torch.Tensor) -> np.ndarray:
+    """C-contiguous float32 NHWC array of an NCHW-shaped tensor (no copy when it is channels-last)."""
     a = t.permute(0, 2, 3, 1).numpy()
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _from_nhwc(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a).permute(0, 3, 1, 2)
-
-
-def _cl(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
-
-
 class _Compiler:
-    """Turns the JSON op list into closures bound to their tensors."""
+    """Turns the JSON op list into closures bound to their tensors.
+
+    Values between ops: float tensors are C-contiguous float32 NHWC numpy arrays (2-D after a flatten), bits are
+    ``kernels.PackedActivations``; torch sees a float value only inside an op that needs it, as a zero-copy view."""
 
     def __init__(self, bnn: BnnFile) -> None:
         self.t = bnn.tensors
@@ -62,19 +62,18 @@ class _Compiler:
             raise BnnFormatError(f"{self.where}: op {op['type']} refers to missing tensor {key!r} ({name!r})")
         return np.ascontiguousarray(self.t[name])
 
-    def vec(self, op: dict[str, Any], key: str) -> torch.Tensor:
-        return torch.from_numpy(self.arr(op, key).astype(np.float32)).reshape(1, -1, 1, 1)
+    def f32(self, op: dict[str, Any], key: str) -> np.ndarray:
+        return np.ascontiguousarray(self.arr(op, key), dtype=np.float32).reshape(-1)
 
     def act(self, op: dict[str, Any]) -> kernels.PReLU | kernels.RPReLU | None:
         """The op's per-channel activation (``attrs.act``), as the native kernels take it."""
         kind = op.get("attrs", {}).get("act")
         if kind is None:
             return None
-        f32 = lambda key: self.arr(op, key).astype(np.float32).reshape(-1)  # noqa: E731
         if kind == "prelu":
-            return kernels.PReLU(f32("act.slope"))
+            return kernels.PReLU(self.f32(op, "act.slope"))
         if kind == "rprelu":
-            return kernels.RPReLU(f32("act.gamma"), f32("act.slope"), f32("act.zeta"))
+            return kernels.RPReLU(self.f32(op, "act.gamma"), self.f32(op, "act.slope"), self.f32(op, "act.zeta"))
         raise BnnFormatError(f"{self.where}: unknown activation {kind!r}")
 
     def compile(self, op: dict[str, Any]) -> OpFn:
@@ -86,11 +85,11 @@ class _Compiler:
 
     # ------------------------------------------------------------------------------------------- binary ops
     def op_pack(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
-        thr = self.arr(op, "threshold").astype(np.float32)
+        thr = self.f32(op, "threshold")
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = kernels.pack_activations(_nhwc(env[x]), thr)
+            env[y] = kernels.pack_activations(env[x], thr)
 
         return run
 
@@ -107,19 +106,16 @@ class _Compiler:
 
     def op_bconv(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         weights = kernels.PackedConvWeights(self.arr(op, "weight"), int(a["in_channels_per_group"]), int(a["groups"]))
-        scale = self.arr(op, "scale").astype(np.float32)
-        shift = self.arr(op, "shift").astype(np.float32)
-        act = self.act(op)
-        thr = self.arr(op, "next_threshold") if o.get("bits") else None
+        thr = self.f32(op, "next_threshold") if o.get("bits") else None
         x, res, y, bits = i["x"], i.get("residual"), o.get("y"), o.get("bits")
-        conv = kernels.BConv(weights, a["stride"], a["padding"], a["dilation"], scale, shift, act, thr,
-                             want_float=y is not None, want_bits=bits is not None)  # fmt: skip
+        conv = kernels.BConv(weights, a["stride"], a["padding"], a["dilation"], self.f32(op, "scale"),
+                             self.f32(op, "shift"), self.act(op), thr, want_float=y is not None,
+                             want_bits=bits is not None)  # fmt: skip
 
         def run(env: Env) -> None:
-            out = conv(env[x], _nhwc(env[res]) if res is not None else None)
+            out = conv(env[x], env[res] if res is not None else None)
             if y is not None:
-                assert out.out is not None
-                env[y] = _from_nhwc(out.out)
+                env[y] = out.out
             if bits is not None:
                 env[bits] = out.bits
 
@@ -127,38 +123,39 @@ class _Compiler:
 
     # ------------------------------------------------------------------------------------------- float ops
     def op_conv(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
-        w = _cl(torch.from_numpy(self.arr(op, "weight")))
-        b = torch.from_numpy(self.arr(op, "bias"))
+        wn, bn = self.arr(op, "weight"), self.arr(op, "bias")
         stride, padding, dilation, groups = tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"]
         act = self.act(op)
         x, y = i["x"], o["y"]
-        one_by_one = w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1
-        w2 = w.reshape(w.shape[0], w.shape[1]).t().contiguous() if one_by_one else w
         # Stems (few input channels): the engine's register-tiled direct conv with the activation fused in its
         # epilogue. Against torch's channels-last conv it wins when there is an activation to fuse or the kernel is
         # small, and loses a little on ResNet's bare 7x7 stem (both near the FMA ceiling there).
-        small = act is not None or w.shape[2] * w.shape[3] <= 9
-        if groups == 1 and w.shape[1] <= 4 and float_ops.has_direct_conv() and small:
-            dw = float_ops.DirectConvWeights(self.arr(op, "weight"), self.arr(op, "bias"))
+        small = act is not None or wn.shape[2] * wn.shape[3] <= 9
+        if groups == 1 and wn.shape[1] <= 4 and float_ops.has_direct_conv() and small:
+            dw = float_ops.DirectConvWeights(wn, bn)
 
             def run_direct(env: Env) -> None:
-                xin = np.ascontiguousarray(env[x].permute(0, 2, 3, 1).contiguous().numpy())
-                env[y] = _from_nhwc(float_ops.direct_conv2d(xin, dw, stride, padding, dilation, act))
+                env[y] = float_ops.direct_conv2d(env[x], dw, stride, padding, dilation, act)
 
             return run_direct
 
+        b = torch.from_numpy(bn)
+        if wn.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1:
+            w2 = torch.from_numpy(np.ascontiguousarray(wn.reshape(wn.shape[0], wn.shape[1]).T))
+
+            def run_gemm(env: Env) -> None:  # a 1x1 conv on NHWC memory is one GEMM: [N*H*W, C] x [C, O]
+                xin: np.ndarray = env[x]
+                z = torch.addmm(b, torch.from_numpy(xin).reshape(-1, xin.shape[3]), w2).numpy()
+                z = z.reshape(*xin.shape[:3], -1)
+                env[y] = float_ops.channel_act(z, act, out=z) if act is not None else z
+
+            return run_gemm
+
+        w = torch.from_numpy(wn).contiguous(memory_format=torch.channels_last)
+
         def run(env: Env) -> None:
-            xin: torch.Tensor = env[x]
-            if one_by_one:  # a 1x1 conv on NHWC memory is one GEMM: [N*H*W, C] x [C, O]
-                n, c, h, wd = xin.shape
-                out = torch.addmm(b, _cl(xin).permute(0, 2, 3, 1).reshape(-1, c), w2)
-                z = out.reshape(n, h, wd, -1).permute(0, 3, 1, 2)
-            else:
-                z = F.conv2d(_cl(xin), w, b, stride, padding, dilation, groups)
-            if act is not None:  # in place on the conv's own fresh output
-                za = _nhwc(z)
-                z = _from_nhwc(float_ops.channel_act(za, act, out=za))
-            env[y] = z
+            z = _to_nhwc(F.conv2d(_to_nchw(env[x]), w, b, stride, padding, dilation, groups))
+            env[y] = float_ops.channel_act(z, act, out=z) if act is not None else z
 
         return run
 
@@ -169,26 +166,27 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = _from_nhwc(float_ops.channel_act(_nhwc(env[x]), act))
+            env[y] = float_ops.channel_act(env[x], act)
 
         return run
 
     def op_relu(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         x, y = i["x"], o["y"]
-
         relu = float_ops.ReLU()
 
         def run(env: Env) -> None:
-            env[y] = _from_nhwc(float_ops.channel_act(_nhwc(env[x]), relu))
+            env[y] = float_ops.channel_act(env[x], relu)
 
         return run
 
     def op_affine(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
-        s, b = self.vec(op, "scale"), self.vec(op, "shift")
+        s, b = self.f32(op, "scale"), self.f32(op, "shift")
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = torch.addcmul(b, env[x], s)
+            z = env[x] * s
+            z += b
+            env[y] = z
 
         return run
 
@@ -198,8 +196,7 @@ class _Compiler:
         act = self.act(op)
 
         def run(env: Env) -> None:  # one native pass: same-size inputs, nearest-upsampled ones, the activation
-            lows = [(_nhwc(env[v]), f) for v, f in ups]
-            env[y] = _from_nhwc(float_ops.sum_upsampled([_nhwc(env[v]) for v in xs], lows, act))
+            env[y] = float_ops.sum_upsampled([env[v] for v in xs], [(env[v], f) for v, f in ups], act)
 
         return run
 
@@ -208,7 +205,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = _from_nhwc(float_ops.max_pool2d(_nhwc(env[x]), k, s, p, d, ceil))
+            env[y] = float_ops.max_pool2d(env[x], k, s, p, d, ceil)
 
         return run
 
@@ -218,7 +215,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = _from_nhwc(float_ops.avg_pool2d(_nhwc(env[x]), k, s, p, ceil, incl))
+            env[y] = float_ops.avg_pool2d(env[x], k, s, p, ceil, incl)
 
         return run
 
@@ -227,16 +224,21 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            xin: torch.Tensor = env[x]
-            env[y] = xin.mean((2, 3), keepdim=True) if size == (1, 1) else F.adaptive_avg_pool2d(xin, size)
+            xin: np.ndarray = env[x]
+            if size == (1, 1):
+                env[y] = xin.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+            else:
+                env[y] = _to_nhwc(F.adaptive_avg_pool2d(_to_nchw(xin), size))
 
         return run
 
     def op_flatten(self, op: dict[str, Any], i: dict[str, Any], o: dict[str, Any], a: dict[str, Any]) -> OpFn:
         x, y = i["x"], o["y"]
 
-        def run(env: Env) -> None:
-            env[y] = torch.flatten(env[x], 1)
+        def run(env: Env) -> None:  # torch.flatten(NCHW, 1) order: channel-major
+            xin: np.ndarray = env[x]
+            flat = xin if xin.shape[1] * xin.shape[2] == 1 else xin.transpose(0, 3, 1, 2)
+            env[y] = np.ascontiguousarray(flat).reshape(xin.shape[0], -1)
 
         return run
 
@@ -246,7 +248,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = F.linear(env[x], w, b)
+            env[y] = F.linear(torch.from_numpy(env[x]), w, b).numpy()
 
         return run
 
@@ -255,9 +257,9 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            xin: torch.Tensor = env[x]
-            n, c, h, w = xin.shape
-            env[y] = _cl(xin).permute(0, 2, 3, 1).reshape(n, h, w, c // r, r).mean(-1).permute(0, 3, 1, 2)
+            xin: np.ndarray = env[x]
+            n, h, w, c = xin.shape
+            env[y] = xin.reshape(n, h, w, c // r, r).mean(axis=-1, dtype=np.float32)
 
         return run
 
@@ -266,7 +268,7 @@ class _Compiler:
         x, y = i["x"], o["y"]
 
         def run(env: Env) -> None:
-            env[y] = _from_nhwc(float_ops.upsample_nearest(_nhwc(env[x]), f))
+            env[y] = float_ops.upsample_nearest(env[x], f)
 
         return run
 
@@ -330,7 +332,8 @@ class PackedModel:
 
     def _structure(self, s: Any, env: Env) -> Any:
         if isinstance(s, str):
-            return env[s].contiguous()
+            v: np.ndarray = env[s]  # NHWC (or 2-D) float32 -> the module's NCHW contiguous tensor
+            return torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)) if v.ndim == 4 else v)
         if isinstance(s, list):
             return [self._structure(v, env) for v in s]
         return {k: self._structure(v, env) for k, v in s.items()}
@@ -344,7 +347,7 @@ class PackedModel:
         """Run the graph and return every named value (float tensors, ``PackedActivations`` bits): for debugging and
         for layer-by-layer checks. Float values are named after the fx nodes of the packed module."""
         self._threads()
-        env: Env = {self._inputs[0]: self._check(x)}
+        env: Env = {self._inputs[0]: self._check(x).permute(0, 2, 3, 1).contiguous().numpy()}
         for _, fn in self._ops:
             fn(env)
         return env
@@ -355,7 +358,7 @@ class PackedModel:
         self._threads()
         total = np.zeros(len(self._ops))
         for r in range(runs + 1):
-            env: Env = {self._inputs[0]: self._check(x)}
+            env: Env = {self._inputs[0]: self._check(x).permute(0, 2, 3, 1).contiguous().numpy()}
             for k, (_, fn) in enumerate(self._ops):
                 t0 = time.perf_counter()
                 fn(env)
