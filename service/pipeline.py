@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,8 +16,10 @@ from models.keypoints import box_to_center_scale, crop_person, decode_heatmaps, 
 from models.spec import ModelSpec
 from service.detect import detect_people, whole_image_box
 from service.errors import ApiError
-from service.imaging import classification_input, decode_image, normalize
+from service.imaging import JPEG_REDUCTIONS, classification_input, decode_image, load_rgb, normalize, open_image
 from service.schemas import ClassScore, Keypoint, Person, PoseOptions
+
+logger = logging.getLogger(__name__)
 
 
 def ms_since(start: float) -> float:
@@ -52,9 +56,24 @@ def check_boxes(boxes: list[list[float]], width: int, height: int) -> list[list[
     return out
 
 
+def decode_reduction(boxes: Sequence[Sequence[float]], input_size: tuple[int, int]) -> int:
+    """The largest JPEG reduction r (8, 4 or 2; else 1) at which the crop region of every box [x1, y1, x2, y2]
+    (the box after `box_to_center_scale`'s aspect fix and padding, as the crop uses it) still spans at least the
+    input size (H, W) in pixels at 1/r scale, so that the reduction never makes a crop upsample. 1 without boxes."""
+    if not boxes:
+        return 1
+    in_h, in_w = input_size
+    room = float("inf")  # the smallest region size / input size over the boxes
+    for x1, y1, x2, y2 in boxes:
+        _, (w, h) = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], in_w / in_h)
+        room = min(room, w / in_w, h / in_h)
+    return next((r for r in JPEG_REDUCTIONS if r <= room), 1)
+
+
 @dataclass
 class PosePlan:
-    """Everything between decoding and the network: the boxes, their crops and where the crops came from."""
+    """Everything between decoding and the network: the boxes, their crops and where the crops came from. Boxes,
+    centers and scales are in pixels of the image sent, whatever scale it was decoded at."""
 
     width: int
     height: int
@@ -66,41 +85,60 @@ class PosePlan:
     inputs: np.ndarray  # [n or 2n, C, H, W]; with flip the mirrored crops follow the originals
     flip: bool
     timings: dict[str, float] = field(default_factory=dict)
-    rgb: np.ndarray | None = None
+    rgb: np.ndarray | None = None  # the decoded pixels: 1/decode_scale of the image's size
+    decode_scale: int = 1
 
 
-def plan_pose(data: bytes, options: PoseOptions, spec: ModelSpec, max_pixels: int, max_persons: int) -> PosePlan:
-    """Decode, find the boxes and make the network inputs (runs in a worker thread)."""
+def plan_pose(
+    data: bytes, options: PoseOptions, spec: ModelSpec, max_pixels: int, max_persons: int, reduce: bool = False
+) -> PosePlan:
+    """Decode, find the boxes and make the network inputs (runs in a worker thread).
+
+    With `reduce` (/v1/pose) and boxes known before decoding (client boxes or the whole image), a JPEG is decoded at
+    the reduced scale `decode_reduction` allows. HOG detection, other formats, rendering (which draws on the full
+    image) and the offline scorer (whose results should not depend on a speed-up) decode at full size."""
     t = time.perf_counter()
-    rgb = decode_image(data, max_pixels)
-    timings = {"decode_ms": ms_since(t)}
-    height, width = rgb.shape[:2]
+    img = open_image(data, max_pixels)
+    width, height = img.size
     limit = min(options.max_persons, max_persons)
-    t = time.perf_counter()
+    detect = options.boxes is None and options.detector != "whole"
+    boxes: list[list[float]] = []
+    sources: list[str] = []
+    scores: list[float] = []
     if options.boxes is not None:
         boxes = check_boxes(options.boxes, width, height)[:limit]
         sources, scores = ["client"] * len(boxes), [1.0] * len(boxes)
-    elif options.detector == "whole":
+    elif not detect:
         boxes, sources, scores = [whole_image_box(width, height)], ["whole"], [1.0]
-    else:
+    in_h, in_w = spec.input_size
+    wanted = decode_reduction(boxes, (in_h, in_w)) if reduce and not detect and img.format == "JPEG" else 1
+    rgb, r = load_rgb(img, wanted)
+    timings = {"decode_ms": ms_since(t)}
+    if r > 1:
+        logger.debug("decoded a %dx%d JPEG at 1/%d scale (%dx%d)", width, height, r, rgb.shape[1], rgb.shape[0])
+
+    t = time.perf_counter()
+    if detect:
         found = detect_people(rgb)[:limit]
         boxes = [b for b, _ in found]
         sources, scores = ["hog"] * len(found), [s for _, s in found]
     timings["detect_ms"] = ms_since(t)
 
     t = time.perf_counter()
-    in_h, in_w = spec.input_size
     centers = np.zeros((len(boxes), 2))
     scales = np.zeros((len(boxes), 2))
     crops = np.zeros((len(boxes), in_h, in_w, 3), np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], in_w / in_h)
-        crops[i] = crop_person(rgb, centers[i], scales[i], 0.0, (in_h, in_w))
+        # The same region in the decoded pixels (x_decoded = (x + 0.5) / r - 0.5). Centers and scales stay in image
+        # pixels, so decode_heatmaps maps keypoints straight back to the image sent.
+        center, scale = (centers[i], scales[i]) if r == 1 else ((centers[i] + 0.5) / r - 0.5, scales[i] / r)
+        crops[i] = crop_person(rgb, center, scale, 0.0, (in_h, in_w))
     if options.flip and len(boxes):
         crops = np.concatenate([crops, crops[:, :, ::-1]])
     inputs = normalize(crops, spec) if len(boxes) else np.zeros((0, spec.in_chans, in_h, in_w), np.float32)
     timings["preprocess_ms"] = ms_since(t)
-    return PosePlan(width, height, boxes, sources, scores, centers, scales, inputs, options.flip, timings, rgb)
+    return PosePlan(width, height, boxes, sources, scores, centers, scales, inputs, options.flip, timings, rgb, r)
 
 
 def finish_pose(plan: PosePlan, heatmaps: np.ndarray, spec: ModelSpec, score_threshold: float) -> list[Person]:

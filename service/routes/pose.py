@@ -40,7 +40,9 @@ async def run_pose(
     s = service.settings
     batcher = service.batchers[loaded.name]
     with batcher.expect() as token:
-        plan = await service.in_thread(plan_pose, data, options, loaded.spec, s.max_image_pixels, s.max_persons)
+        # a JPEG may be decoded at reduced scale, except for a rendered answer, which draws on the full image
+        reduce = not isinstance(options, RenderOptions)
+        plan = await service.in_thread(plan_pose, data, options, loaded.spec, s.max_image_pixels, s.max_persons, reduce)
         result = await batcher.submit(plan.inputs, token)
     t = time.perf_counter()
     persons = await service.in_thread(finish_pose, plan, result.outputs, loaded.spec, options.score_threshold)

@@ -26,7 +26,9 @@ import models
 from models.complexity import profile
 from models.keypoints import box_to_center_scale, crop_person, decode_heatmaps, flip_heatmaps
 from models.spec import COCO_KEYPOINT_NAMES, COCO_SKELETON
+from service.pipeline import finish_pose, plan_pose
 from service.process import ServiceProcess
+from service.schemas import PoseOptions
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 POSE, CLS = "sbpn-r18", "resnet18-small"
@@ -237,6 +239,26 @@ def test_pose_whole_image_and_clipped_box(client: httpx.Client) -> None:
     assert r.json()["persons"][0]["box"] == [0, 0, 100, 120]
 
 
+def test_pose_decodes_jpeg_with_large_boxes_at_reduced_scale(
+    client: httpx.Client, reference: dict[str, torch.nn.Module]
+) -> None:
+    # 400 x 342 -> 400 x 533 -> a 500 x 667 px region, 2.6 x the 256 x 192 input: /v1/pose decodes at 1/2 scale and
+    # answers in pixels of the image sent (tests/integration/test_service_decode.py checks the geometry and accuracy).
+    rgb = photo("messi5.jpg")
+    data, box = jpeg_bytes(rgb), [100.0, 0.0, 500.0, 342.0]
+    r = client.post("/v1/pose", files={"image": ("m.jpg", data, "image/jpeg")}, data={"boxes": json.dumps([box])})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["image_size"] == {"width": rgb.shape[1], "height": rgb.shape[0]} and body["persons"][0]["box"] == box
+    net = reference[POSE]
+    plan = plan_pose(data, PoseOptions(boxes=[box]), net.spec, 10**8, 20, reduce=True)
+    assert plan.decode_scale == 2
+    with torch.inference_mode():
+        heatmaps = net(torch.from_numpy(plan.inputs)).numpy()
+    (expected,) = finish_pose(plan, heatmaps, net.spec, 0.2)
+    np.testing.assert_allclose(as_arrays(body["persons"][0])[0], [[k.x, k.y] for k in expected.keypoints], atol=1e-2)
+
+
 def test_pose_render_draws_on_the_image(client: httpx.Client) -> None:
     rgb = photo("messi5.jpg")
     for fmt in ("png", "jpeg"):
@@ -248,6 +270,11 @@ def test_pose_render_draws_on_the_image(client: httpx.Client) -> None:
         changed = np.abs(drawn.astype(int) - rgb.astype(int)).max(axis=2) > 60
         assert changed.sum() > 500  # a box and a skeleton were drawn
         assert r.headers["x-binpose-persons"] == "1"
+    # A JPEG with a box that /v1/pose decodes at reduced scale (1/2 for a 256 x 192 input): drawn at full size.
+    r = client.post("/v1/pose/render", files={"image": ("m.jpg", jpeg_bytes(rgb), "image/jpeg")},
+                    data={"boxes": "[[100, 0, 500, 342]]", "format": "png"})  # fmt: skip
+    assert r.status_code == 200
+    assert np.asarray(Image.open(io.BytesIO(r.content))).shape[:2] == rgb.shape[:2]
 
 
 # -- classify and v2 -----------------------------------------------------------------------------------------------

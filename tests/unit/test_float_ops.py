@@ -153,7 +153,7 @@ DIRECT = [  # Cin, OC, kernel, stride, padding, dilation, (H, W)
 ]
 
 
-@pytest.mark.skipif(not float_ops.has_direct_conv(), reason="the direct float conv needs AVX-512 (torch's conv runs instead)")
+@pytest.mark.skipif(not float_ops.has_direct_conv(), reason="the direct float conv needs AVX-512 (else torch conv runs)")
 @pytest.mark.parametrize("cin,oc,k,s,p,d,hw", DIRECT)
 def test_direct_conv2d_matches_torch(
     threads: int, cin: int, oc: int, k: tuple[int, int], s: int, p: int | tuple[int, ...], d: int, hw: tuple[int, int]
