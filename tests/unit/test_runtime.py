@@ -164,6 +164,18 @@ def test_thread_counts_agree(tmp_path: Path, threads: int) -> None:
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_batches_run_in_chunks_give_the_module_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch split into cache-sized chunks (here forced to 2 images) returns what the float module returns."""
+    model = randomize(models.build("sbpn-r18", input_size=(64, 32), head_width=64), seed=6)
+    x = torch.randn(5, 3, 64, 32, generator=torch.Generator().manual_seed(8))
+    pm = engine.load(pack_model(model, tmp_path / "s.bnn"))
+    peak = max(v.nbytes for v in pm.values(x[:1]).values() if hasattr(v, "nbytes") and not hasattr(v, "channels"))
+    monkeypatch.setattr(engine.runtime, "CHUNK_BYTES", 2 * peak)
+    assert pm.chunk_size(x) == 2
+    ref, _ = tie_aware_reference(model, x, pm)
+    torch.testing.assert_close(pm(x), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_runtime_needs_only_the_file(tmp_path: Path) -> None:
     """Loading and running a .bnn imports neither models/ nor torch.fx tracing (a fresh interpreter)."""
     model = randomize(models.build("resnet18-small", width=16), seed=4)
