@@ -63,6 +63,7 @@ __all__ = [
     "set_isa",
     "get_num_threads",
     "set_num_threads",
+    "set_thread_inline",
 ]
 
 
@@ -93,6 +94,12 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Resize the kernels' own thread pool (``n >= 1``). Independent of ``torch.set_num_threads``."""
     _native.set_num_threads(int(n))
+
+
+def set_thread_inline(on: bool) -> None:
+    """``True``: kernels called from the calling thread run on that thread alone, never on the pool (for workers that
+    each run whole inferences side by side). Per thread; ``False`` restores the pool."""
+    _native.set_thread_inline(bool(on))
 
 
 # ------------------------------------------------------------------------------------------------------- containers

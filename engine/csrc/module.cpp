@@ -416,4 +416,6 @@ NB_MODULE(_native, m) {
   m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (avx512 | avx2 | scalar).");
   m.def("get_num_threads", &binpose::get_threads, "Threads of the kernel pool (including the caller).");
   m.def("set_num_threads", &binpose::set_threads, nb::arg("n"), "Resize the kernel pool (n >= 1).");
+  m.def("set_thread_inline", &binpose::set_thread_inline, nb::arg("on"),
+        "on: kernels called from the calling thread run on it alone, without the pool.");
 }

@@ -18,6 +18,7 @@ namespace binpose {
 namespace {
 
 thread_local bool t_in_task = false;
+thread_local bool t_inline = false;  // set_thread_inline: this thread runs every parallel_for alone
 
 // One parallel_for call. Lives on the caller's stack; workers hold a reference (refs) while they may touch it.
 struct Job {
@@ -71,7 +72,7 @@ class Pool {
 
   void run(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
     if (n <= 0) return;
-    if (t_in_task) {  // nested call from inside a task: run inline
+    if (t_in_task || t_inline) {  // nested call from inside a task, or a thread that works alone: run inline
       for (std::int64_t i = 0; i < n; ++i) fn(i);
       return;
     }
@@ -175,5 +176,7 @@ int default_threads() {
 int get_threads() { return pool().threads(); }
 void set_threads(int n) { pool().resize(n); }
 void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn) { pool().run(n, fn); }
+
+void set_thread_inline(bool on) { t_inline = on; }
 
 }  // namespace binpose

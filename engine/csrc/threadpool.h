@@ -13,5 +13,8 @@ int default_threads();
 int get_threads();
 void set_threads(int n);  // n >= 1
 void parallel_for(std::int64_t n, const std::function<void(std::int64_t)>& fn);
+// on: every parallel_for called from this thread runs its tasks on this thread alone (no pool, no waiting for it),
+// for callers that run several independent inferences on their own threads.
+void set_thread_inline(bool on);
 
 }  // namespace binpose

@@ -158,7 +158,7 @@ def path_size(p: Path) -> int:
 def test_thread_counts_agree(tmp_path: Path, threads: int) -> None:
     model = randomize(models.build("sbpn-r18", input_size=(64, 64), head_width=64), seed=2)
     path = pack_model(model, tmp_path / "s.bnn")
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # 2 threads: images side by side
     a = engine.load(path, num_threads=threads)(x)
     b = engine.load(path, num_threads=1)(x)
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
