@@ -176,34 +176,42 @@ def _quarter_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64]) 
 
 def _dark_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64], sigma: float) -> FloatArray:
     """DARK (Zhang et al. 2020): smooth each map with a Gaussian, take its log, and step to the maximum of the
-    second-order Taylor expansion at the integer peak: offset = -H^-1 g (central differences)."""
+    second-order Taylor expansion at the integer peak: offset = -H^-1 g (central differences).
+
+    Only the 3x3 smoothed values around each peak enter the step, so only they are computed: one patch of
+    (ksize + 2)^2 pixels per map (reflect-101 borders, as cv2.GaussianBlur), all maps at once. DARK's rescaling of the
+    smoothed map to the original peak height multiplies it by a constant, which adds a constant to the log and
+    cancels in every difference, so it is left out."""
     n, k, h, w = hm.shape
     out = np.stack([x, y], axis=-1).astype(np.float64)
     ksize = int(2 * math.ceil(3 * sigma) + 1)
-    for i in range(n):
-        for j in range(k):
-            m = hm[i, j]
-            peak = float(m.max())
-            if peak <= 0:
-                continue
-            s = cv2.GaussianBlur(m, (ksize, ksize), sigma)
-            s = s * (peak / max(float(s.max()), 1e-12))  # keep the peak height (DARK's modulation)
-            lg = np.log(np.maximum(s, 1e-10))
-            px, py = int(x[i, j]), int(y[i, j])
-            if not (1 <= px < w - 1 and 1 <= py < h - 1):
-                continue
-            dx = 0.5 * (lg[py, px + 1] - lg[py, px - 1])
-            dy = 0.5 * (lg[py + 1, px] - lg[py - 1, px])
-            dxx = lg[py, px + 1] - 2 * lg[py, px] + lg[py, px - 1]
-            dyy = lg[py + 1, px] - 2 * lg[py, px] + lg[py - 1, px]
-            dxy = 0.25 * (lg[py + 1, px + 1] - lg[py + 1, px - 1] - lg[py - 1, px + 1] + lg[py - 1, px - 1])
-            det = dxx * dyy - dxy * dxy
-            if det <= 1e-12 or dxx >= 0:  # not a proper maximum: keep the integer peak
-                continue
-            ox = -(dyy * dx - dxy * dy) / det
-            oy = -(dxx * dy - dxy * dx) / det
-            out[i, j, 0] += float(np.clip(ox, -1.0, 1.0))
-            out[i, j, 1] += float(np.clip(oy, -1.0, 1.0))
+    r = ksize // 2
+    ok = (hm.max(axis=(2, 3)) > 0) & (x >= 1) & (x < w - 1) & (y >= 1) & (y < h - 1)
+    ii, jj = np.nonzero(ok)
+    if ii.size == 0:
+        return out
+    g = cv2.getGaussianKernel(ksize, sigma).reshape(-1)
+    pad = r + 1
+    padded = np.pad(hm[ii, jj], ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    span = np.arange(-pad, pad + 1)  # the rows / columns of the peak's patch, relative to the peak
+    rows = y[ii, jj][:, None] + pad + span
+    cols = x[ii, jj][:, None] + pad + span
+    patch = padded[np.arange(ii.size)[:, None, None], rows[:, :, None], cols[:, None, :]]  # [m, ksize+2, ksize+2]
+    horiz = np.stack([patch[:, :, b : b + ksize] @ g for b in range(3)], axis=-1)  # [m, ksize+2, 3]
+    smooth = np.stack([np.einsum("u,muc->mc", g, horiz[:, a : a + ksize]) for a in range(3)], axis=1)  # [m, 3, 3]
+    lg = np.log(np.maximum(smooth, 1e-10))
+    dx = 0.5 * (lg[:, 1, 2] - lg[:, 1, 0])
+    dy = 0.5 * (lg[:, 2, 1] - lg[:, 0, 1])
+    dxx = lg[:, 1, 2] - 2 * lg[:, 1, 1] + lg[:, 1, 0]
+    dyy = lg[:, 2, 1] - 2 * lg[:, 1, 1] + lg[:, 0, 1]
+    dxy = 0.25 * (lg[:, 2, 2] - lg[:, 2, 0] - lg[:, 0, 2] + lg[:, 0, 0])
+    det = dxx * dyy - dxy * dxy
+    good = (det > 1e-12) & (dxx < 0)  # a proper maximum; otherwise keep the integer peak
+    safe = np.where(good, det, 1.0)
+    ox = np.clip(-(dyy * dx - dxy * dy) / safe, -1.0, 1.0)
+    oy = np.clip(-(dxx * dy - dxy * dx) / safe, -1.0, 1.0)
+    out[ii, jj, 0] += np.where(good, ox, 0.0)
+    out[ii, jj, 1] += np.where(good, oy, 0.0)
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from models import keypoints
 from models.keypoints import (
     affine_points,
     box_to_center_scale,
@@ -123,3 +125,39 @@ def test_flip_points_mirrors_and_swaps_pairs() -> None:
     pts = np.array([[1.0, 5.0, 1.0], [2.0, 6.0, 2.0], [3.0, 7.0, 0.0]])
     out = flip_points(pts, width=10, flip_pairs=[(1, 2)])
     np.testing.assert_allclose(out, [[8.0, 5.0, 1.0], [6.0, 7.0, 0.0], [7.0, 6.0, 2.0]])
+
+
+def _dark_reference(hm: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> np.ndarray:
+    """DARK written out map by map with OpenCV's whole-map Gaussian blur (the textbook procedure)."""
+    out = np.stack([x, y], axis=-1).astype(np.float64)
+    ksize = int(2 * np.ceil(3 * sigma) + 1)
+    for i, j in np.ndindex(*hm.shape[:2]):
+        m = hm[i, j]
+        px, py = int(x[i, j]), int(y[i, j])
+        if m.max() <= 0 or not (1 <= px < m.shape[1] - 1 and 1 <= py < m.shape[0] - 1):
+            continue
+        s = cv2.GaussianBlur(m, (ksize, ksize), sigma)
+        lg = np.log(np.maximum(s * (m.max() / s.max()), 1e-10))
+        dx, dy = 0.5 * (lg[py, px + 1] - lg[py, px - 1]), 0.5 * (lg[py + 1, px] - lg[py - 1, px])
+        dxx = lg[py, px + 1] - 2 * lg[py, px] + lg[py, px - 1]
+        dyy = lg[py + 1, px] - 2 * lg[py, px] + lg[py - 1, px]
+        dxy = 0.25 * (lg[py + 1, px + 1] - lg[py + 1, px - 1] - lg[py - 1, px + 1] + lg[py - 1, px - 1])
+        det = dxx * dyy - dxy * dxy
+        if det > 1e-12 and dxx < 0:
+            out[i, j, 0] += np.clip(-(dyy * dx - dxy * dy) / det, -1, 1)
+            out[i, j, 1] += np.clip(-(dxx * dy - dxy * dx) / det, -1, 1)
+    return out
+
+
+def test_dark_offset_matches_the_whole_map_procedure() -> None:
+    """The patch-only DARK step equals blurring every whole map with cv2 (peaks inside, at borders, flat maps)."""
+    rng = np.random.default_rng(7)
+    hm = rng.random((3, 6, 32, 24)) ** 4
+    hm[0, 0] = 0.0  # an empty map
+    hm[1, 1, 0, 5] = 9.0  # peak on the top border
+    hm[2, 2, 16, 23] = 9.0  # peak on the right border
+    hm[2, 3, 1, 1] = 9.0  # peak one pixel from a corner
+    flat = hm.reshape(3, 6, -1).argmax(-1)
+    y, x = np.divmod(flat, 24)
+    got = keypoints._dark_offset(hm, x, y, 2.0)
+    np.testing.assert_allclose(got, _dark_reference(hm, x, y, 2.0), rtol=0, atol=1e-9)
