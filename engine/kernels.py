@@ -371,10 +371,5 @@ def bconv2d(
     Returns:
         :class:`BConvResult` with ``out`` (float32 ``[N, OH, OW, O]``) and/or ``bits`` (``PackedActivations``).
     """
-    if x.channels != weights.in_channels:
-        raise ValueError(
-            f"bconv2d: input has {x.channels} channels, weights expect {weights.in_channels} "
-            f"({weights.in_channels_per_group} per group x {weights.groups} groups)"
-        )
     op = BConv(weights, stride, padding, dilation, scale, shift, act, next_threshold, want_float, want_bits)
     return op(x, residual)
