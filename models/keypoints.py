@@ -174,6 +174,15 @@ def _quarter_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64]) 
     return out
 
 
+def _reflect101(i: NDArray[np.int64], n: int) -> NDArray[np.int64]:
+    """Indices past either end of [0, n) mirrored without repeating the edge (OpenCV's BORDER_REFLECT_101)."""
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * n - 2
+    i = np.abs(i) % period
+    return np.where(i >= n, period - i, i)
+
+
 def _dark_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64], sigma: float) -> FloatArray:
     """DARK (Zhang et al. 2020): smooth each map with a Gaussian, take its log, and step to the maximum of the
     second-order Taylor expansion at the integer peak: offset = -H^-1 g (central differences).
@@ -191,12 +200,10 @@ def _dark_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64], sig
     if ii.size == 0:
         return out
     g = cv2.getGaussianKernel(ksize, sigma).reshape(-1)
-    pad = r + 1
-    padded = np.pad(hm[ii, jj], ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    span = np.arange(-pad, pad + 1)  # the rows / columns of the peak's patch, relative to the peak
-    rows = y[ii, jj][:, None] + pad + span
-    cols = x[ii, jj][:, None] + pad + span
-    patch = padded[np.arange(ii.size)[:, None, None], rows[:, :, None], cols[:, None, :]]  # [m, ksize+2, ksize+2]
+    span = np.arange(-(r + 1), r + 2)  # the rows / columns of the peak's patch, relative to the peak
+    rows = _reflect101(y[ii, jj][:, None] + span, h)
+    cols = _reflect101(x[ii, jj][:, None] + span, w)
+    patch = hm[ii[:, None, None], jj[:, None, None], rows[:, :, None], cols[:, None, :]]  # [m, ksize+2, ksize+2]
     horiz = np.stack([patch[:, :, b : b + ksize] @ g for b in range(3)], axis=-1)  # [m, ksize+2, 3]
     smooth = np.stack([np.einsum("u,muc->mc", g, horiz[:, a : a + ksize]) for a in range(3)], axis=1)  # [m, 3, 3]
     lg = np.log(np.maximum(smooth, 1e-10))
