@@ -1,4 +1,4 @@
-"""Binary 3x3 conv layers vs torch FP32 conv2d of the same shape, batch 1, at 1 and 2 threads.
+"""Every binary 3x3 conv shape of resnet18, sbpn-r18 and bhrnet-w32 vs torch FP32 conv2d, batch 1, 1 and 2 threads.
 
 Run: ``.venv/bin/python -m benchmarks.bench_layers [--threads 1 2] [--min-time 0.3] [--shapes resnet18]``.
 Writes benchmarks/results/layers.json and layers.md. The binary time is ``engine.kernels.bconv2d`` from packed
@@ -35,24 +35,66 @@ class Shape:
     cin: int
     cout: int
     stride: int
+    count: int = 1  # how many convs of the network have this shape
 
 
-SHAPES = [
-    Shape("resnet18", "56x56 64->64", 56, 56, 64, 64, 1),
-    Shape("resnet18", "28x28 64->128 s2", 56, 56, 64, 128, 2),
-    Shape("resnet18", "28x28 128->128", 28, 28, 128, 128, 1),
-    Shape("resnet18", "14x14 128->256 s2", 28, 28, 128, 256, 2),
-    Shape("resnet18", "14x14 256->256", 14, 14, 256, 256, 1),
-    Shape("resnet18", "7x7 256->512 s2", 14, 14, 256, 512, 2),
-    Shape("resnet18", "7x7 512->512", 7, 7, 512, 512, 1),
-    Shape("simplebaseline", "16x12 512->256", 16, 12, 512, 256, 1),
-    Shape("simplebaseline", "32x24 256->256", 32, 24, 256, 256, 1),
-    Shape("simplebaseline", "64x48 256->256", 64, 48, 256, 256, 1),
-    Shape("hrnet-w32", "64x48 32->32", 64, 48, 32, 32, 1),
-    Shape("hrnet-w32", "32x24 64->64", 32, 24, 64, 64, 1),
-    Shape("hrnet-w32", "16x12 128->128", 16, 12, 128, 128, 1),
-    Shape("hrnet-w32", "8x6 256->256", 8, 6, 256, 256, 1),
+# ResNet-18's binary 3x3 convs (224x224 input): the shapes of the issue's 15x target.
+RESNET18 = [
+    Shape("resnet18", "56x56 64->64", 56, 56, 64, 64, 1, 4),
+    Shape("resnet18", "28x28 64->128 s2", 56, 56, 64, 128, 2, 1),
+    Shape("resnet18", "28x28 128->128", 28, 28, 128, 128, 1, 3),
+    Shape("resnet18", "14x14 128->256 s2", 28, 28, 128, 256, 2, 1),
+    Shape("resnet18", "14x14 256->256", 14, 14, 256, 256, 1, 3),
+    Shape("resnet18", "7x7 256->512 s2", 14, 14, 256, 512, 2, 1),
+    Shape("resnet18", "7x7 512->512", 7, 7, 512, 512, 1, 3),
 ]
+
+
+def model_shapes(name: str) -> list[Shape]:
+    """Every distinct binary conv shape of a registered model at its default input size (forward hooks on its
+    BinaryConv2d layers), in order of first use, with how often each occurs."""
+    import models
+    from models.layers import BinaryConv2d
+
+    model = models.build(name).eval()
+    seen: dict[tuple[int, ...], int] = {}
+    order: list[tuple[int, ...]] = []
+
+    def hook(m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(m, BinaryConv2d)
+        if m.kernel_size != (3, 3) or m.padding != (1, 1) or m.groups != 1 or m.dilation != (1, 1):
+            raise ValueError(f"{name}: bench_layers times 3x3 convs with padding 1; found {m}")
+        _, c, h, w = inputs[0].shape
+        key = (h, w, c, out.shape[1], m.stride[0])
+        if key not in seen:
+            order.append(key)
+        seen[key] = seen.get(key, 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
+    h, w = model.spec.input_size
+    with torch.no_grad():
+        model(torch.zeros(1, model.spec.in_chans, h, w))
+    for handle in handles:
+        handle.remove()
+    out = []
+    for hh, ww, c, o, st in order:
+        oh, ow = (hh - 1) // st + 1, (ww - 1) // st + 1
+        out.append(Shape(name, f"{oh}x{ow} {c}->{o}" + (f" s{st}" if st > 1 else ""), hh, ww, c, o, st,
+                         seen[(hh, ww, c, o, st)]))  # fmt: skip
+    return out
+
+
+GROUPS = ("resnet18", "sbpn-r18", "bhrnet-w32")
+
+
+def shapes(groups: set[str] | None) -> list[Shape]:
+    """The shapes of the chosen groups: ResNet-18's fixed list, the pose networks' from their modules."""
+    out: list[Shape] = []
+    for g in GROUPS:
+        if groups and g not in groups:
+            continue
+        out += RESNET18 if g == "resnet18" else model_shapes(g)
+    return out
 
 
 def bench(fns: dict[str, Callable[[], object]], min_time: float, threads: int) -> dict[str, float]:
@@ -115,9 +157,7 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
     for threads in threads_list:
         kernels.set_num_threads(threads)
         torch.set_num_threads(threads)
-        for s in SHAPES:
-            if groups and s.group not in groups:
-                continue
+        for s in shapes(groups):
             x = rng.standard_normal((1, s.h, s.w, s.cin), dtype=np.float32)
             wf = rng.standard_normal((s.cout, s.cin, 3, 3), dtype=np.float32)
             pw = kernels.PackedConvWeights.from_float(wf)
@@ -203,10 +243,10 @@ def cpu_name() -> str:
 def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str:
     has_ov = any("openvino_binary_ms" in r for r in rows)
     head = (
-        "| threads | net | layer (output, cin->cout) | binary ms | binary GMAC/s | bits-out ms | pack ms "
+        "| threads | net | layer (output, cin->cout) | n | binary ms | binary GMAC/s | bits-out ms | pack ms "
         "| torch FP32 ms | speed-up |" + (" OpenVINO ms |" if has_ov else "")
     )
-    sep = "|" + "---|" * (9 + has_ov)
+    sep = "|" + "---|" * (10 + has_ov)
     lines = [
         f"Binary 3x3 convs (batch 1, padding 1) vs torch FP32 conv2d, same run. Command: `{command}`",
         "",
@@ -229,13 +269,20 @@ def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str
     ]
     for r in rows:
         line = (
-            f"| {r['threads']} | {r['group']} | {r['name']} | {r['binary_ms']:.3f} | {r['binary_gmacs']:.0f} "
+            f"| {r['threads']} | {r['group']} | {r['name']} | {r.get('count', 1)} | {r['binary_ms']:.3f} "
+            f"| {r['binary_gmacs']:.0f} "
             f"| {r['binary_bits_out_ms']:.3f} | {r['pack_input_ms']:.3f} | {r['torch_fp32_ms']:.3f} "
             + (f"| {r['speedup']:.1f}x |" if int(str(r["threads"])) == 1 or load <= 1.5 else "| (contended) |")
         )
         if has_ov:
             line += f" {r['openvino_binary_ms']:.3f} |" if "openvino_binary_ms" in r else " - |"
         lines.append(line)
+    r18 = [r for r in rows if r["group"] == "resnet18" and int(str(r["threads"])) == 1]
+    if r18:
+        met = sum(float(str(r["speedup"])) >= 15.0 for r in r18)
+        verdict = "met" if met == len(r18) else "not met"
+        lines += ["", f"Target (issue 3): every resnet18 shape >= 15x torch FP32 at 1 thread: {met} of {len(r18)} "
+                  f"shapes ({verdict}). n: how many convs of the network have the shape."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -243,7 +290,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
-    ap.add_argument("--shapes", nargs="*", default=None, help="only these groups (resnet18, simplebaseline, hrnet-w32)")
+    ap.add_argument("--shapes", nargs="*", default=None, choices=GROUPS, help="only these networks' shapes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--render-only", action="store_true", help="rewrite layers.md from an existing layers.json")
     args = ap.parse_args()
