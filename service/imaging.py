@@ -102,13 +102,19 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes
 
 def normalize(rgb_batch: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """uint8 [N, H, W, 3] RGB -> float32 [N, C, H, W] normalized as the spec says (grey if in_chans == 1)."""
-    x = rgb_batch.astype(np.float32) / 255.0
-    if spec.in_chans == 1:
-        x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     mean = np.asarray(spec.mean, np.float32)[: spec.in_chans]
     std = np.asarray(spec.std, np.float32)[: spec.in_chans]
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if spec.in_chans == 1:
+        x = (rgb_batch.astype(np.float32) / 255.0 @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
+    # (x / 255 - mean) / std as one multiply-add per value, written straight into the NCHW result
+    scale, bias = 1.0 / (255.0 * std), -mean / std
+    n, h, w, c = rgb_batch.shape
+    out = np.empty((n, c, h, w), np.float32)
+    for k in range(c):
+        np.multiply(rgb_batch[..., k], scale[k], out=out[:, k])
+        out[:, k] += bias[k]
+    return out
 
 
 def classification_input(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
