@@ -349,6 +349,11 @@ class PackedModel:
             raise ValueError(f"PackedModel {self.name}: expected float32 NCHW input with {c} channels, got {tuple(x.shape)}")
         return x.detach().to("cpu", torch.float32)
 
+    def _start(self, x: torch.Tensor) -> Env:
+        """Threads set, and the environment holding the input as a float32 NHWC array."""
+        self._threads()
+        return {self._inputs[0]: self._check(x).permute(0, 2, 3, 1).contiguous().numpy()}
+
     def _structure(self, s: Any, env: Env) -> Any:
         if isinstance(s, str):
             v: np.ndarray = env[s]  # NHWC (or 2-D) float32 -> the module's NCHW contiguous tensor
@@ -398,10 +403,9 @@ class PackedModel:
 
     @torch.no_grad()
     def values(self, x: torch.Tensor) -> dict[str, Any]:
-        """Run the graph and return every named value (float tensors, ``PackedActivations`` bits): for debugging and
-        for layer-by-layer checks. Float values are named after the fx nodes of the packed module."""
-        self._threads()
-        env: Env = {self._inputs[0]: self._check(x).permute(0, 2, 3, 1).contiguous().numpy()}
+        """Run the graph and return every named value (float NHWC numpy arrays, ``PackedActivations`` bits): for
+        debugging and for layer-by-layer checks. Float values are named after the fx nodes of the packed module."""
+        env = self._start(x)
         for _, fn in self._ops:
             fn(env)
         return env
@@ -409,10 +413,9 @@ class PackedModel:
     @torch.no_grad()
     def profile(self, x: torch.Tensor, runs: int = 10) -> list[dict[str, Any]]:
         """Per-op wall time (mean ms over ``runs`` after a warm-up) in graph order: [{index, type, ms}]."""
-        self._threads()
         total = np.zeros(len(self._ops))
         for r in range(runs + 1):
-            env: Env = {self._inputs[0]: self._check(x).permute(0, 2, 3, 1).contiguous().numpy()}
+            env = self._start(x)
             for k, (_, fn) in enumerate(self._ops):
                 t0 = time.perf_counter()
                 fn(env)
