@@ -206,7 +206,7 @@ void fconv_tile(const FloatConvArgs& a, const float* row0, int ow0, int oc0, flo
 
 template <int B>
 void fconv_row(const FloatConvArgs& a, const float* row0, int oc0, float* out_row) {
-  constexpr int P = B == 4 ? 6 : (B == 3 ? 8 : 8);
+  constexpr int P = B == 4 ? 6 : 8;  // P * B <= 24 accumulators
   int ow = 0;
   for (; ow + P <= a.OW; ow += P) fconv_tile<P, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
   for (; ow < a.OW; ++ow) fconv_tile<1, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
