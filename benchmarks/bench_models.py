@@ -38,25 +38,26 @@ TARGETS = {"resnet18": 6.0, "sbpn-r18": 4.0, "bhrnet-w32": 4.0}  # packed vs ORT
 logger = logging.getLogger("bench_models")
 
 
-def _time_rounds(
-    fns: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], budget_s: float, min_rounds: int = 5, warmup: int = 2
+def _time_blocks(
+    fns: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], budget_s: float, blocks: int = 3, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
-    """Times each ``name -> (setup, fn)`` in interleaved rounds (one call of each per round, ``setup`` untimed before
-    it), so a slow spell of a shared machine hits every backend alike and the ratios stay fair."""
-    for setup, fn in fns.values():
-        setup()
-        for _ in range(warmup):
-            fn()
+    """Times each ``name -> (setup, fn)`` in ``blocks`` alternating blocks of back-to-back calls (``budget_s /
+    blocks`` seconds each, after ``setup`` and a warm-up call): each backend runs warm, on its own, as it would in
+    service, while a slow spell of a shared machine still falls on every backend alike. (Alternating single calls
+    would not do: each call would start with caches emptied by another backend, and ONNX Runtime's spinning workers
+    would run into the next backend's call.)"""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < min_rounds or (time.perf_counter() - start < budget_s * len(fns) and rounds < 200):
+    for b in range(blocks):
         for name, (setup, fn) in fns.items():
             setup()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        rounds += 1
+            for _ in range(warmup if b == 0 else 1):
+                fn()
+            start = time.perf_counter()
+            while len(times[name]) < 2 * (b + 1) or (time.perf_counter() - start < budget_s / blocks
+                                                     and len(times[name]) < 200 * (b + 1) // blocks):  # fmt: skip
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return {k: {"median_ms": statistics.median(v) * 1e3, "min_ms": min(v) * 1e3, "runs": len(v)} for k, v in times.items()}
 
 
@@ -104,7 +105,7 @@ def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget
             xn = x.numpy()
             row: dict[str, Any] = {"model": arg, "batch": b, "threads": t}
             with torch.no_grad():
-                row.update(_time_rounds({
+                row.update(_time_blocks({
                     "packed": (lambda: None, functools.partial(pm, x)),  # sets its own threads (torch's glue at 1)
                     "torch_float": (functools.partial(torch.set_num_threads, t), functools.partial(twin, x)),
                     "onnx_float": (lambda: None, functools.partial(sess.run, None, {"input": xn})),
@@ -136,7 +137,7 @@ def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget
 def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Model benchmark ({result['machine']['cpu']}, ISA {result['machine']['isa']})", "",
-        "Latency in ms (median of interleaved rounds: one call of each backend per round); speed-up = float twin / "
+        "Latency in ms (median over 3 alternating blocks of back-to-back calls per backend); speed-up = float twin / "
         "packed. Command: "
         "`.venv/bin/python -m benchmarks.bench_models`. Load average (1 min) at start / end: "
         f"{result['machine'].get('loadavg_start', ['?'])[0]} / {result['machine'].get('loadavg_end', ['?'])[0]} "

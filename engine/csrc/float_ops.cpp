@@ -215,13 +215,17 @@ void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, co
   const IsaTable& isa = active_isa();
   if (!isa.float_conv_rows) throw std::runtime_error(std::string("float_conv2d: not available on ISA ") + isa.name);
   const int Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, C = g.Cin;
-  // Zero-padded copy of the input (small: these convs see few channels), so the kernel never tests bounds.
-  std::vector<float> xp(static_cast<std::size_t>(g.N) * Hp * Wp * C, 0.0f);
-  for (int n = 0; n < g.N; ++n)
-    for (int h = 0; h < g.H; ++h)
-      std::memcpy(xp.data() + ((static_cast<std::size_t>(n) * Hp + h + g.pt) * Wp + g.pl) * C,
-                  x + ((static_cast<std::size_t>(n) * g.H + h) * g.W) * C, sizeof(float) * g.W * C);
-  FloatConvArgs a{xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC, g.OCp, w, bias, act, out};
+  // With padding, a zero-padded copy of the input, so the kernel never tests bounds.
+  std::vector<float> xp;
+  if (g.pt || g.pl || g.pb || g.pr) {
+    xp.assign(static_cast<std::size_t>(g.N) * Hp * Wp * C, 0.0f);
+    for (int n = 0; n < g.N; ++n)
+      for (int h = 0; h < g.H; ++h)
+        std::memcpy(xp.data() + ((static_cast<std::size_t>(n) * Hp + h + g.pt) * Wp + g.pl) * C,
+                    x + ((static_cast<std::size_t>(n) * g.H + h) * g.W) * C, sizeof(float) * g.W * C);
+  }
+  FloatConvArgs a{xp.empty() ? x : xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC, g.OCp,
+                  w, bias, act, out};
   const std::int64_t rows = static_cast<std::int64_t>(g.N) * g.OH;
   const std::int64_t tasks = std::min<std::int64_t>(rows, 8 * static_cast<std::int64_t>(get_threads()));
   const std::int64_t chunk = ceil_div(rows, tasks);
