@@ -57,12 +57,6 @@ class Settings(BaseSettings):
         description="intra-op threads of the backends (the engine reads BINPOSE_THREADS too); "
         "unset = each library's default",
     )
-    opencv_threads: int = Field(
-        default=1,
-        ge=0,
-        description="OpenCV's own worker threads (crops, HOG); 0 = OpenCV's default. Requests already run side by "
-        "side, so 1 keeps a third thread pool from competing with the engine's for the cores",
-    )
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="how long SIGTERM waits for in-flight requests")
     warmup: bool = Field(default=True, description="run each model once on a full batch before reporting ready")
     log_level: str = "info"

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, TypeVar
 
-import cv2
 from fastapi import Depends, Request
 
 from service.backends import LoadedModel, LoadOptions, load_model
@@ -24,8 +23,6 @@ T = TypeVar("T")
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.opencv_threads:
-            cv2.setNumThreads(settings.opencv_threads)
         self.metrics = Metrics()
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, MicroBatcher] = {}
