@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from engine import _native
-from engine.kernels import PReLU, RPReLU
+from engine import _native, kernels
+from engine.kernels import PReLU, ReLU, RPReLU, act_args
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -26,30 +26,7 @@ __all__ = ["ReLU", "Activation", "channel_act", "max_pool2d", "avg_pool2d", "sum
            "pool_output_size"]  # fmt: skip
 
 
-class ReLU:
-    """``y -> max(y, 0)``."""
-
-
 Activation = ReLU | PReLU | RPReLU | None
-
-
-def _act_args(act: Activation) -> tuple[int, FloatArray | None, FloatArray | None, FloatArray | None]:
-    if act is None:
-        return 0, None, None, None
-    if isinstance(act, ReLU):
-        return 3, None, None, None
-    if isinstance(act, PReLU):
-        return 1, _f32(act.slope), None, None
-    if isinstance(act, RPReLU):
-        return 2, _f32(act.slope), _f32(act.gamma), _f32(act.zeta)
-    raise TypeError(f"activation must be None, ReLU, PReLU or RPReLU, got {type(act).__name__}")
-
-
-def _f32(v: npt.ArrayLike) -> FloatArray:
-    a = np.asarray(v)
-    if a.dtype == np.float32 and a.ndim == 1 and a.flags.c_contiguous:
-        return a
-    return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
 
 
 def _nhwc(name: str, x: npt.ArrayLike) -> FloatArray:
@@ -60,10 +37,7 @@ def _nhwc(name: str, x: npt.ArrayLike) -> FloatArray:
 
 
 def _pair(name: str, v: int | Sequence[int]) -> list[int]:
-    t = [int(v), int(v)] if isinstance(v, int | np.integer) else [int(x) for x in v]
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-    return t
+    return list(kernels._pair(name, v))
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
@@ -113,7 +87,7 @@ def avg_pool2d(
 def channel_act(x: npt.ArrayLike, act: Activation, out: FloatArray | None = None) -> FloatArray:
     """``act`` per channel of float32 NHWC ``x``; written into ``out`` (may be ``x`` itself) if given."""
     a = _nhwc("channel_act", x)
-    code, slope, gamma, zeta = _act_args(act)
+    code, slope, gamma, zeta = act_args(act, None, "channel_act")
     if out is not None:
         if out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable or out.shape != a.shape:
             raise ValueError("channel_act: out must be a writable C-contiguous float32 array of the input's shape")
@@ -128,7 +102,7 @@ def sum_upsampled(
     """``act(sum(xs) + sum(nearest_upsample(u, f) for u, f in ups))`` for float32 NHWC tensors, in one pass."""
     full = [_nhwc("sum_upsampled", v) for v in xs]
     low = [_nhwc("sum_upsampled", u) for u, _ in ups]
-    code, slope, gamma, zeta = _act_args(act)
+    code, slope, gamma, zeta = act_args(act, None, "sum_upsampled")
     return np.asarray(_native.sum_upsampled(full, low, [int(f) for _, f in ups], code, slope, gamma, zeta))
 
 
@@ -169,12 +143,8 @@ def direct_conv2d(
     ``padding``: int, ``(ph, pw)`` or ``(top, left, bottom, right)``. Raises ``RuntimeError`` where
     :func:`has_direct_conv` is false."""
     a = _nhwc("direct_conv2d", x)
-    p = [int(padding)] * 4 if isinstance(padding, int | np.integer) else [int(v) for v in padding]
-    if len(p) == 2:
-        p = [p[0], p[1], p[0], p[1]]
-    if len(p) != 4:
-        raise ValueError(f"direct_conv2d: padding must be an int, (ph, pw) or (top, left, bottom, right), got {padding!r}")
-    code, slope, gamma, zeta = _act_args(act)
+    p = list(kernels._padding(padding))
+    code, slope, gamma, zeta = act_args(act, None, "direct_conv2d")
     return np.asarray(
         _native.float_conv2d(a, weights.weight, weights.bias, weights.out_channels, _pair("stride", stride), p,
                              _pair("dilation", dilation), code, slope, gamma, zeta)

@@ -48,6 +48,7 @@ IntPair = int | tuple[int, int]
 Padding = int | tuple[int, int] | tuple[int, int, int, int]
 
 __all__ = [
+    "ReLU",
     "PReLU",
     "RPReLU",
     "PackedActivations",
@@ -103,6 +104,11 @@ def set_thread_inline(on: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- containers
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """``y -> max(y, 0)`` (the float ops only; the binary epilogue takes PReLU or RPReLU)."""
 
 
 @dataclass(frozen=True)
@@ -215,15 +221,36 @@ class BConvResult:
 # ------------------------------------------------------------------------------------------------------- functions
 
 
-def _vec(name: str, v: npt.ArrayLike | None, n: int) -> FloatArray | None:
+def _vec(name: str, v: npt.ArrayLike | None, n: int | None) -> FloatArray | None:
+    """A per-channel float32 vector; ``n`` None: its length is left to the native op to check."""
     if v is None:
         return None
-    if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (n,) and v.flags.c_contiguous:
-        return v  # fast path: already what the kernels take
+    if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 1 and v.flags.c_contiguous:
+        if n is None or v.shape[0] == n:
+            return v  # fast path: already what the kernels take
     a = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
-    if a.shape[0] != n:
+    if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} must have one value per channel ({n}), got {a.shape[0]}")
     return a
+
+
+ActArgs = tuple[int, FloatArray | None, FloatArray | None, FloatArray | None]
+
+
+def act_args(act: ReLU | PReLU | RPReLU | None, n: int | None, where: str, relu: bool = True) -> ActArgs:
+    """An activation as the native ops take it: (code 0 none | 1 PReLU | 2 RPReLU | 3 ReLU, slope, gamma, zeta), the
+    per-channel vectors float32 (of length ``n``, checked here unless None). ``relu=False``: ReLU is refused (the
+    binary epilogue has none)."""
+    if act is None:
+        return 0, None, None, None
+    if isinstance(act, ReLU) and relu:
+        return 3, None, None, None
+    if isinstance(act, PReLU):
+        return 1, _vec("PReLU.slope", act.slope, n), None, None
+    if isinstance(act, RPReLU):
+        return 2, _vec("RPReLU.slope", act.slope, n), _vec("RPReLU.gamma", act.gamma, n), _vec("RPReLU.zeta", act.zeta, n)
+    kinds = "None, ReLU, PReLU or RPReLU" if relu else "None, PReLU or RPReLU"
+    raise TypeError(f"{where}: act must be {kinds}, got {type(act).__name__}")
 
 
 def _pair(name: str, v: IntPair | Sequence[int]) -> tuple[int, int]:
@@ -312,14 +339,7 @@ class BConv:
         scale_v, shift_v = _vec("scale", scale, o), _vec("shift", shift, o)
         self._scale = scale_v if scale_v is not None else weights._ones
         self._shift = shift_v if shift_v is not None else weights._zeros
-        self._act: tuple[int, FloatArray | None, FloatArray | None, FloatArray | None] = (0, None, None, None)
-        if isinstance(act, PReLU):
-            self._act = (1, _vec("PReLU.slope", act.slope, o), None, None)
-        elif isinstance(act, RPReLU):
-            self._act = (2, _vec("RPReLU.slope", act.slope, o), _vec("RPReLU.gamma", act.gamma, o),
-                         _vec("RPReLU.zeta", act.zeta, o))  # fmt: skip
-        elif act is not None:
-            raise TypeError(f"bconv2d: act must be None, PReLU or RPReLU, got {type(act).__name__}")
+        self._act = act_args(act, o, "bconv2d", relu=False)
         self._thr = _vec("next_threshold", next_threshold, o)
         if not self.want_float and not self.want_bits:
             raise ValueError("bconv2d: ask for float output, bits, or both")
