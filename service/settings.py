@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         description="intra-op threads of the backends (the engine reads BINPOSE_THREADS too); "
         "unset = each library's default",
     )
+    infer_process: bool = Field(
+        default=True,
+        description="run each model's network in a child process of its own, so that the server's event loop and "
+        "image threads never hold up the engine's per-layer calls (Python's GIL); false = a thread of the server",
+    )
     shutdown_timeout_s: float = Field(default=30.0, gt=0, description="how long SIGTERM waits for in-flight requests")
     warmup: bool = Field(default=True, description="run each model once on a full batch before reporting ready")
     log_level: str = "info"

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from service.backends import LoadedModel, LoadOptions, load_model
 from service.batching import MicroBatcher
 from service.errors import ApiError
+from service.isolation import ChildProcessInfer, load_in_child
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -29,8 +30,8 @@ class ServiceState:
         self.ready = False
         self.load_error: str | None = None
         self.loading: str | None = None
-        # One thread runs the networks (their own intra-op threads use the cores); two prepare images (decode,
-        # detect, crop), so that work never runs on the event loop.
+        # One thread runs the networks, or hands their batches to the models' own processes (settings.infer_process);
+        # two prepare images (decode, detect, crop), so that work never runs on the event loop.
         self.inference_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="binpose-infer")
         self.prep_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="binpose-prep")
         self._load_task: asyncio.Task[None] | None = None
@@ -54,7 +55,8 @@ class ServiceState:
         try:
             for name in s.models:
                 self.loading = name
-                loaded = await loop.run_in_executor(self.inference_executor, load_model, name, s.backend, options)
+                load = load_in_child if s.infer_process else load_model
+                loaded = await loop.run_in_executor(self.inference_executor, load, name, s.backend, options)
                 if s.warmup:
                     await loop.run_in_executor(self.inference_executor, loaded.warm_up, s.max_batch_size)
                 self._register(loaded)
@@ -112,6 +114,9 @@ class ServiceState:
         await asyncio.gather(*(b.close() for b in self.batchers.values()))
         self.inference_executor.shutdown(wait=True, cancel_futures=True)
         self.prep_executor.shutdown(wait=True, cancel_futures=True)
+        for loaded in self.models.values():
+            if isinstance(loaded.infer, ChildProcessInfer):
+                loaded.infer.close()
 
     # -- request helpers ---------------------------------------------------------------------------------------------
 

@@ -90,6 +90,20 @@ def test_deadline_answers_504_and_server_keeps_serving(tight_server: ServiceProc
     assert tight_server.get("/healthz")[0] == 200
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
 def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
     # Generous deadlines: this test is about shutdown, and a busy machine must not turn it into a timeout test.
     env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "torch", "BINPOSE_MAX_BATCH_SIZE": "2", "BINPOSE_THREADS": "1",
@@ -118,6 +132,8 @@ def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
         while metric(server.url, "binpose_requests_in_flight", endpoint="/v1/pose") < n:
             assert time.monotonic() < deadline, "the requests were never all in flight"
             time.sleep(0.02)
+        children = child_pids(server.proc.pid)  # type: ignore[union-attr]
+        assert children, "the model does not run in a process of its own (BINPOSE_INFER_PROCESS defaults to true)"
         server.proc.send_signal(15)  # type: ignore[union-attr]
         # No new connections once shutdown has begun...
         deadline = time.monotonic() + 60
@@ -137,6 +153,11 @@ def test_sigterm_finishes_accepted_requests(tmp_path: Path) -> None:
         assert server.terminate(timeout_s=600) in (0, -15)
         log = server.log_text()
         assert "Finished server process" in log and "shutdown complete" in log, log[-3000:]
+        # ...and the model's process ended with it.
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, f"inference processes {children} outlived the server"
+            time.sleep(0.1)
     finally:
         server.stop()
 

@@ -1,0 +1,116 @@
+"""A model served in its own process (service.isolation): the same outputs as the model loaded in this process, its
+loading errors raised as they are, a crash in the child answered with an error and healed by a new child, signals
+meant for the server ignored, and nothing left behind when it is closed. Real child processes throughout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.backends import LoadOptions, load_model
+from service.isolation import ChildProcessInfer, load_in_child
+
+MODEL = "resnet18-small"  # a small classifier (3x32x32 without the bundled weights' overrides): loads in a second
+
+
+def options(tmp_path: Path) -> LoadOptions:
+    return LoadOptions(weights_dir=tmp_path, threads=1, seed=0)  # no weights there: seeded random init
+
+
+def batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """The process has exited (a zombie not yet reaped by its parent counts as exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture()
+def child_model(tmp_path: Path) -> Iterator[tuple[object, object]]:
+    here = load_model(MODEL, "torch", options(tmp_path))
+    there = load_in_child(MODEL, "torch", options(tmp_path))
+    try:
+        yield here, there
+    finally:
+        assert isinstance(there.infer, ChildProcessInfer)
+        there.infer.close()
+
+
+def test_child_serves_the_same_model(child_model: tuple[object, object]) -> None:
+    here, there = child_model
+    infer = there.infer  # type: ignore[attr-defined]
+    assert isinstance(infer, ChildProcessInfer)
+    assert infer.pid is not None and infer.pid != os.getpid()
+    # What /v1/models reports comes from the child's LoadedModel.
+    assert there.spec == here.spec  # type: ignore[attr-defined]
+    assert there.complexity == here.complexity and there.provenance == here.provenance  # type: ignore[attr-defined]
+    for n in (1, 3, 8):
+        x = batch(n, seed=n)
+        got = infer(x)
+        assert got.dtype == np.float32 and got.shape == (n, 10)
+        np.testing.assert_allclose(got, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+
+
+def test_child_crash_fails_one_batch_then_a_new_child_serves(child_model: tuple[object, object]) -> None:
+    here, there = child_model
+    infer = there.infer  # type: ignore[attr-defined]
+    assert isinstance(infer, ChildProcessInfer)
+    first = infer.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert gone(first)
+    # The next call notices the dead child: either it restarts at once or this batch fails with a clear error.
+    x = batch(2)
+    try:
+        got = infer(x)
+    except RuntimeError as exc:
+        assert "died" in str(exc)
+        got = infer(x)
+    assert infer.restarts == 1 and infer.pid not in (None, first)
+    np.testing.assert_allclose(got, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+
+
+def test_child_ignores_the_servers_signals(child_model: tuple[object, object]) -> None:
+    """Ctrl-C reaches the whole process group: the child must keep serving until the server has drained."""
+    _, there = child_model
+    infer = there.infer  # type: ignore[attr-defined]
+    assert isinstance(infer, ChildProcessInfer) and infer.pid is not None
+    pid = infer.pid
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    assert infer(batch(1)).shape == (1, 10)
+    assert infer.pid == pid and infer.restarts == 0
+
+
+def test_close_ends_the_child(tmp_path: Path) -> None:
+    loaded = load_in_child(MODEL, "torch", options(tmp_path))
+    infer = loaded.infer
+    assert isinstance(infer, ChildProcessInfer) and infer.pid is not None
+    pid = infer.pid
+    infer.close()
+    assert gone(pid), "the inference process outlived close()"
+    assert infer.pid is None
+
+
+def test_loading_errors_come_back_as_they_are(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_in_child(MODEL, "no-such-backend", options(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"resnet18-small\.bnn does not exist"):
+        load_in_child(MODEL, "packed", options(tmp_path))
