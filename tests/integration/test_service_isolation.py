@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,15 +53,21 @@ def child_model(tmp_path: Path) -> Iterator[tuple[object, object]]:
         there.infer.close()
 
 
+def only_child(loaded: object) -> ChildProcessInfer:
+    infer = loaded.infer  # type: ignore[attr-defined]
+    assert isinstance(infer, ChildProcessInfer)
+    return infer
+
+
 def test_child_serves_the_same_model(child_model: tuple[object, object]) -> None:
     here, there = child_model
-    infer = there.infer  # type: ignore[attr-defined]
-    assert isinstance(infer, ChildProcessInfer)
+    infer = only_child(there)
     assert infer.pid is not None and infer.pid != os.getpid()
     # What /v1/models reports comes from the child's LoadedModel.
     assert there.spec == here.spec  # type: ignore[attr-defined]
     assert there.complexity == here.complexity and there.provenance == here.provenance  # type: ignore[attr-defined]
-    for n in (1, 3, 8):
+    # Sizes up and down: the shared blocks grow, the first batch of a new size comes back over the pipe.
+    for n in (1, 3, 8, 2, 8, 16, 1):
         x = batch(n, seed=n)
         got = infer(x)
         assert got.dtype == np.float32 and got.shape == (n, 10)
@@ -69,8 +76,8 @@ def test_child_serves_the_same_model(child_model: tuple[object, object]) -> None
 
 def test_child_crash_fails_one_batch_then_a_new_child_serves(child_model: tuple[object, object]) -> None:
     here, there = child_model
-    infer = there.infer  # type: ignore[attr-defined]
-    assert isinstance(infer, ChildProcessInfer)
+    infer = only_child(there)
+    infer(batch(2))
     first = infer.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -89,8 +96,8 @@ def test_child_crash_fails_one_batch_then_a_new_child_serves(child_model: tuple[
 def test_child_ignores_the_servers_signals(child_model: tuple[object, object]) -> None:
     """Ctrl-C reaches the whole process group: the child must keep serving until the server has drained."""
     _, there = child_model
-    infer = there.infer  # type: ignore[attr-defined]
-    assert isinstance(infer, ChildProcessInfer) and infer.pid is not None
+    infer = only_child(there)
+    assert infer.pid is not None
     pid = infer.pid
     os.kill(pid, signal.SIGINT)
     os.kill(pid, signal.SIGTERM)
@@ -99,14 +106,24 @@ def test_child_ignores_the_servers_signals(child_model: tuple[object, object]) -
     assert infer.pid == pid and infer.restarts == 0
 
 
-def test_close_ends_the_child(tmp_path: Path) -> None:
+def test_calls_from_several_threads_and_close(tmp_path: Path) -> None:
+    here = load_model(MODEL, "torch", options(tmp_path))
     loaded = load_in_child(MODEL, "torch", options(tmp_path))
-    infer = loaded.infer
-    assert isinstance(infer, ChildProcessInfer) and infer.pid is not None
+    infer = only_child(loaded)
     pid = infer.pid
+    assert pid is not None
+    inputs = [batch(n, seed=10 + n) for n in (1, 2, 3, 4, 5, 6)]
+    with ThreadPoolExecutor(4) as ex:  # one batch at a time reaches the child, each gets its own answer
+        got = list(ex.map(infer, inputs))
+    for x, y in zip(inputs, got, strict=True):
+        np.testing.assert_allclose(y, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+    blocks = [b.name for b in infer._blocks.values()]
+    assert len(blocks) == 2  # the input block and the output block
     infer.close()
     assert gone(pid), "the inference process outlived close()"
     assert infer.pid is None
+    # The shared memory went with it.
+    assert not [name for name in blocks if Path("/dev/shm", name.lstrip("/")).exists()]
 
 
 def test_loading_errors_come_back_as_they_are(tmp_path: Path) -> None:
