@@ -25,8 +25,11 @@ not +1. For output pixel ``q`` and output channel ``o`` the fused epilogue compu
     float output: y;   packed output: bit = (y + next_threshold[o]) < 0
 
 Threads: the kernels run on their own pool (``BINPOSE_THREADS``, default all CPUs; :func:`set_num_threads`) and
-release the GIL. ISA: the best of ``avx512`` (VPOPCNTDQ), ``avx2``, ``scalar`` is chosen by CPUID unless
-``BINPOSE_ISA`` forces one (an unsupported name is an error); see :func:`available_isas`, :func:`set_isa`.
+release the GIL. ISA: the best of ``amx``, ``avx512`` (VPOPCNTDQ), ``avx2``, ``scalar`` is chosen by CPUID
+unless ``BINPOSE_ISA`` forces one (an unsupported name is an error); see :func:`available_isas`, :func:`set_isa`.
+``amx`` (Sapphire Rapids and later, where Linux grants the tile state) is ``avx512`` plus AMX-INT8 convolutions: the
+bits are expanded to +-1 bytes and multiplied on the tiles (TDPBSSD), for convs with >= 32 input channels per group
+and at least :func:`get_amx_min_pixels` output pixels.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ __all__ = [
     "available_isas",
     "active_isa",
     "set_isa",
+    "get_amx_min_pixels",
+    "set_amx_min_pixels",
     "get_num_threads",
     "set_num_threads",
     "set_thread_inline",
@@ -82,9 +87,21 @@ def active_isa() -> str:
 
 
 def set_isa(name: str) -> None:
-    """Force the kernels onto ``name`` (``"avx512"``, ``"avx2"`` or ``"scalar"``); ``ValueError`` if unavailable."""
+    """Force the kernels onto ``name`` (``"amx"``, ``"avx512"``, ``"avx2"`` or ``"scalar"``); ``ValueError`` if
+    unavailable."""
     _native.set_isa(name)
     logger.debug("binary kernels now use ISA %s", name)
+
+
+def get_amx_min_pixels() -> int:
+    """On the ``amx`` ISA, the smallest conv (output pixels, batch included) that runs on the AMX tiles; smaller ones
+    (whose weight tiles would be reused too little) run on the AVX-512 popcount kernels."""
+    return int(_native.get_amx_min_pixels())
+
+
+def set_amx_min_pixels(n: int) -> None:
+    """Set :func:`get_amx_min_pixels` (``n >= 1``; 1 sends every eligible conv to the tiles, as the tests do)."""
+    _native.set_amx_min_pixels(int(n))
 
 
 def get_num_threads() -> int:

@@ -35,6 +35,12 @@ struct ConvWeights {
   std::vector<std::uint32_t> bits;     // canonical [O][KH][KW][cwg]
   std::vector<std::uint32_t, AlignedAlloc<std::uint32_t>> blocked;  // [G][blocks][T][cwg][16]
   std::vector<std::int32_t> tap_dot;   // [G][T][blocks * 16]: dot of a +1 (padded) tap = Cg - 2 popcount(w tap)
+  // AMX tiles (built only where the CPU has AMX-INT8): the weights in the VNNI order of TDPBSSD, as bits (1 = -1,
+  // 0 = +1; channels padded to amx_chunks * 64). Tile (g, block b, tap t, chunk c) = 16 uint64 rows at
+  // ((g * blocks + b) * T + t) * amx_chunks + c; bit j of row r is channel 64c + 4r + (j % 4) of output channel
+  // 16b + j / 4. The conv expands a block's tiles to +-1 bytes just before using them (8x fewer bytes to fetch).
+  std::vector<std::uint64_t, AlignedAlloc<std::uint64_t>> amx;
+  int amx_chunks = 0;
 
   // Takes canonical bits (validated: tail bits must be zero) and builds the kernel layouts.
   ConvWeights(const std::uint32_t* canonical, int out_channels, int in_per_group, int kh, int kw, int groups);
@@ -58,6 +64,11 @@ struct ConvGeometry {
 
 // Computes OH/OW; throws std::invalid_argument when the geometry is invalid.
 void conv_output_size(ConvGeometry& g, const ConvWeights& w);
+
+// On the "amx" ISA, a conv with >= 32 input channels per group runs on the AMX tiles when it has at least this many
+// output pixels (batch included), else on the AVX-512 popcount kernels. Default 100.
+void set_amx_min_pixels(std::int64_t n);
+std::int64_t get_amx_min_pixels();
 
 // Runs the convolution with the fused epilogue `e` (e.out / e.out_bits as requested; out_bits must be zeroed).
 void bconv2d(const std::uint32_t* input, const ConvGeometry& g, const ConvWeights& w, const EpilogueParams& e);

@@ -3,6 +3,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#if defined(BINPOSE_HAVE_AMX)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace binpose {
 
@@ -27,6 +31,17 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool amx_granted() {
+#if defined(BINPOSE_HAVE_AMX) && defined(SYS_arch_prctl)
+  __builtin_cpu_init();
+  if (!cpu_has_avx512() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8")) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+#else
+  return false;
+#endif
+}
+
 std::string joined(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
@@ -37,8 +52,14 @@ std::atomic<const IsaTable*> g_active{nullptr};
 
 }  // namespace
 
+bool cpu_has_amx() {
+  static const bool granted = amx_granted();
+  return granted;
+}
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
+  if (cpu_has_amx()) out.emplace_back("amx");
   if (cpu_has_avx512()) out.emplace_back("avx512");
   if (cpu_has_avx2()) out.emplace_back("avx2");
   out.emplace_back("scalar");
@@ -46,6 +67,9 @@ std::vector<std::string> available_isas() {
 }
 
 const IsaTable& isa_by_name(const std::string& name) {
+#if defined(BINPOSE_HAVE_AMX)
+  if (name == "amx" && cpu_has_amx()) return isa_amx();
+#endif
 #if defined(BINPOSE_HAVE_AVX512)
   if (name == "avx512" && cpu_has_avx512()) return isa_avx512();
 #endif

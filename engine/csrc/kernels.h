@@ -54,6 +54,12 @@ struct FloatConvArgs {
 // Computes output rows [r0, r1) (row r = n * OH + oh).
 using FloatConvRowsFn = void (*)(const FloatConvArgs& a, std::int64_t r0, std::int64_t r1);
 
+struct ConvGeometry;
+struct ConvWeights;
+// A whole binary convolution (bconv2d's contract) run by an ISA's own driver; null: the shared driver + micro-kernel.
+using ConvFn = void (*)(const std::uint32_t* input, const ConvGeometry& g, const ConvWeights& w,
+                        const EpilogueParams& e);
+
 struct IsaTable {
   const char* name;
   MicroKernelFn micro;
@@ -61,6 +67,7 @@ struct IsaTable {
   PackRowsFn pack_rows;
   int max_pixels[5];  // largest npix the micro-kernel accepts (and is tuned for), indexed by nblk (1..4)
   FloatConvRowsFn float_conv_rows = nullptr;  // null: the ISA has none (the runtime then uses torch's conv)
+  ConvFn conv = nullptr;                      // set by "amx": convs with >= 32 channels per group run there
 };
 
 // Per-ISA tables (defined only where the ISA's file is compiled).
@@ -70,6 +77,9 @@ const IsaTable& isa_avx2();
 #endif
 #if defined(BINPOSE_HAVE_AVX512)
 const IsaTable& isa_avx512();
+#endif
+#if defined(BINPOSE_HAVE_AMX)
+const IsaTable& isa_amx();  // the AVX-512 table plus AMX-INT8 convolutions
 #endif
 
 }  // namespace binpose

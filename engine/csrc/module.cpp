@@ -413,7 +413,10 @@ NB_MODULE(_native, m) {
         "Direct float conv of NHWC x with [KH, KW, Cin, OCp] weights, + bias, activation (few input channels).");
   m.def("available_isas", &binpose::available_isas, "ISAs usable on this CPU and build, best first.");
   m.def("active_isa", [] { return std::string(binpose::active_isa().name); }, "The ISA the kernels use now.");
-  m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (avx512 | avx2 | scalar).");
+  m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (amx | avx512 | avx2 | scalar).");
+  m.def("set_amx_min_pixels", &binpose::set_amx_min_pixels, nb::arg("n"),
+        "Smallest conv (output pixels, batch included) the amx ISA runs on the AMX tiles.");
+  m.def("get_amx_min_pixels", &binpose::get_amx_min_pixels);
   m.def("get_num_threads", &binpose::get_threads, "Threads of the kernel pool (including the caller).");
   m.def("set_num_threads", &binpose::set_threads, nb::arg("n"), "Resize the kernel pool (n >= 1).");
   m.def("set_thread_inline", &binpose::set_thread_inline, nb::arg("on"),

@@ -98,10 +98,13 @@ CASES = make_cases()
 
 @pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    before = kernels.active_isa()
+    """Each ISA of the machine; on "amx" every conv with >= 32 channels per group goes to the tiles, however small."""
+    before, min_pixels = kernels.active_isa(), kernels.get_amx_min_pixels()
     kernels.set_isa(request.param)
+    kernels.set_amx_min_pixels(1)
     yield request.param
     kernels.set_isa(before)
+    kernels.set_amx_min_pixels(min_pixels)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -152,16 +155,47 @@ def test_binary_conv2d_scalar_args_and_chw() -> None:
 @pytest.mark.parametrize("case", [c for c in CASES if c.k[0] * c.k[1] > 1][:20], ids=str)
 def test_isa_paths_agree_with_scalar(case: Case) -> None:
     x, w = tensors(case, 99)
-    before = kernels.active_isa()
+    before, min_pixels = kernels.active_isa(), kernels.get_amx_min_pixels()
     try:
+        kernels.set_amx_min_pixels(1)
         outs = {}
         for name in ISAS:
             kernels.set_isa(name)
             outs[name] = binary_conv2d(x, w, None, case.stride, case.pad, case.dil, case.groups)
     finally:
         kernels.set_isa(before)
+        kernels.set_amx_min_pixels(min_pixels)
     for name in ISAS:
         assert torch.equal(outs[name], outs["scalar"]), name
+
+
+NETWORK_SHAPES = [  # the networks' own sizes, where the amx ISA picks tiles or popcounts by the pixel count
+    Case(1, 64, 64, 56, 56, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    Case(1, 64, 128, 56, 56, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    Case(2, 256, 256, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    Case(1, 512, 512, 7, 7, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    Case(3, 256, 512, 14, 14, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    Case(1, 96, 48, 23, 17, (3, 3), (1, 1), (1, 1), (2, 2), 1),
+]
+
+
+@pytest.mark.parametrize("case", NETWORK_SHAPES, ids=str)
+def test_network_shapes_on_every_isa(case: Case) -> None:
+    x, w = tensors(case, 7)
+    ref = F.conv2d(sgn(x), sgn(w), None, case.stride, case.pad, case.dil, case.groups)
+    before = kernels.active_isa()
+    try:
+        for name in ISAS:
+            kernels.set_isa(name)
+            out = binary_conv2d(x, w, None, case.stride, case.pad, case.dil, case.groups)
+            assert torch.equal(out, ref), name
+    finally:
+        kernels.set_isa(before)
+
+
+def test_amx_min_pixels_is_validated() -> None:
+    with pytest.raises(ValueError, match=">= 1"):
+        kernels.set_amx_min_pixels(0)
 
 
 # ------------------------------------------------------------------------------------------------ fused epilogue
