@@ -73,16 +73,16 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
 // Channel chunk outer, pixels inner: per-channel parameters are loaded once per tile. Bits are gathered per pixel
 // into whole 32-bit words (relative to oc0) and OR-ed into the zeroed output once per word.
 // kDot: `pop` already holds the exact dot products (the AMX path); K and corr_rows are then unused.
-template <bool kDot>
+template <bool kDot, int kMax = kMaxTile>
 void epilogue_avx512_t(const EpilogueParams& ep, const std::int32_t* pop, int ld,
                        const std::int32_t* const* corr_rows, const std::int64_t* q, int npix, int oc0, int n, int K) {
   const EpilogueParams e = ep;  // a local copy: the compiler then knows stores to the output cannot change it
   const std::int64_t C = e.out_channels;
   const __m512i vK = _mm512_set1_epi32(K);
   const __m512 zero = _mm512_setzero_ps();
-  std::uint32_t words[kMaxTile][4] = {};
-  float* outp[kMaxTile];
-  const float* resp[kMaxTile];
+  std::uint32_t words[kMax][4] = {};
+  float* outp[kMax];
+  const float* resp[kMax];
   for (int p = 0; p < npix; ++p) {
     outp[p] = e.out ? e.out + q[p] * C + oc0 : nullptr;
     resp[p] = e.residual ? e.residual + q[p] * C + oc0 : nullptr;
@@ -417,8 +417,7 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
               for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, rows + slot[i] * 32, 32 * sizeof(std::int32_t));
               rows = gathered;
             }
-            for (int p0 = 0; p0 < np; p0 += 8)
-              epilogue_avx512_t<true>(e, rows + p0 * 32, 32, nullptr, qidx + p0, std::min(8, np - p0), oc0, noc, 0);
+            if (np > 0) epilogue_avx512_t<true, 16>(e, rows, 32, nullptr, qidx, np, oc0, noc, 0);
           }
         }
       }
