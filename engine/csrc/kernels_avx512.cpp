@@ -355,15 +355,27 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
   const std::int64_t runs = line ? (static_cast<std::int64_t>(OH - 1) * Wp + OW + 15) / 16
                                  : static_cast<std::int64_t>(OH) * runs_per_row;
   const std::int64_t pairs = (runs + 1) / 2;
+  // Tasks: images x chunks of output-channel pairs x chunks of run pairs. Each task expands the weight tiles of its
+  // own channel pairs once and reuses them over its runs. Channel pairs may be split between tasks only where they
+  // own whole 32-bit words of the packed output (one group, or 32-channel multiples per group).
+  std::vector<std::pair<int, int>> units;  // (group, first block) of each pair of 16-channel blocks
+  for (int g = 0; g < G; ++g)
+    for (int b = 0; b < nb; b += 2) units.emplace_back(g, b);
+  const std::int64_t U = static_cast<std::int64_t>(units.size());
   const int threads = get_threads();
-  const std::int64_t per_task = threads > 1 ? std::max<std::int64_t>(1, pairs / (4 * threads)) : pairs;
-  const std::int64_t tasks_per_image = (pairs + per_task - 1) / per_task;
+  const bool split_oc = G == 1 || w.oc_per_group % 32 == 0;
+  const std::int64_t nuc = split_oc ? std::min<std::int64_t>(U, 4LL * threads) : 1;
+  const std::int64_t npc =
+      threads > 1 ? std::max<std::int64_t>(1, std::min<std::int64_t>(pairs, (4LL * threads + N * nuc - 1) / (N * nuc)))
+                  : 1;
+  const std::int64_t per_task = (pairs + npc - 1) / npc;
   const std::int64_t a_stride = static_cast<std::int64_t>(sw) * Cp;
   const std::int64_t wtile = static_cast<std::int64_t>(T) * chunks * 1024;  // bytes per 16-channel block, expanded
-  // A task owns whole pixels (every group and channel), so packed output words are never shared between tasks.
-  parallel_for(static_cast<std::int64_t>(N) * tasks_per_image, [&](std::int64_t task) {
-    const int n = static_cast<int>(task / tasks_per_image);
-    const std::int64_t pr0 = (task % tasks_per_image) * per_task, pr1 = std::min(pairs, pr0 + per_task);
+  parallel_for(static_cast<std::int64_t>(N) * nuc * npc, [&](std::int64_t task) {
+    const int n = static_cast<int>(task / (nuc * npc));
+    const std::int64_t uc = (task / npc) % nuc, pc = task % npc;
+    const std::int64_t pr0 = pc * per_task, pr1 = std::min(pairs, pr0 + per_task);
+    const std::int64_t u0 = uc * U / nuc, u1 = (uc + 1) * U / nuc;
     amx_configure();
     alignas(64) std::int32_t pop[32 * 32];
     alignas(64) std::int32_t gathered[16 * 32];
@@ -371,54 +383,53 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
     int slot[16];
     thread_local std::vector<std::int8_t, AlignedAlloc<std::int8_t>> wbuf;  // two blocks' tiles as bytes
     if (static_cast<std::int64_t>(wbuf.size()) < 2 * wtile) wbuf.resize(static_cast<std::size_t>(2 * wtile));
-    for (int g = 0; g < G; ++g) {
+    for (std::int64_t u = u0; u < u1; ++u) {
+      const int g = units[u].first, b = units[u].second;
       const std::int8_t* ib = buf.data() + (static_cast<std::int64_t>(n) * G + g) * img;
-      for (int b = 0; b < nb; b += 2) {
-        const bool two_blocks = b + 1 < nb;
-        const std::int8_t* w0 = wbuf.data();
-        expand_rows(w.amx.data() + (static_cast<std::int64_t>(g) * nb + b) * (wtile / 64), (two_blocks ? 2 : 1) * wtile / 64,
-                    wbuf.data());
-        const int oc0 = g * w.oc_per_group + b * 16;
-        const int noc = std::min(32, w.oc_per_group - b * 16);
-        for (std::int64_t pr = pr0; pr < pr1; ++pr) {
-          const std::int8_t* a[2] = {nullptr, nullptr};
-          int oh0[2] = {0, 0}, ow0[2] = {0, 0};  // where each run starts (line: may run on into the next rows)
-          const int nruns = 2 * pr + 1 < runs ? 2 : 1;
-          for (int k = 0; k < nruns; ++k) {
-            const std::int64_t r = 2 * pr + k;
-            oh0[k] = line ? static_cast<int>(16 * r / Wp) : static_cast<int>(r / runs_per_row);
-            ow0[k] = line ? static_cast<int>(16 * r % Wp) : static_cast<int>(r % runs_per_row) * 16;
-            a[k] = ib + (static_cast<std::int64_t>(oh0[k]) * sh * Wp + static_cast<std::int64_t>(ow0[k]) * sw) * Cp;
-          }
-          if (nruns == 2) {
-            if (two_blocks) amx_step<true, true>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
-            else amx_step<true, false>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
-          } else {
-            if (two_blocks) amx_step<false, true>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
-            else amx_step<false, false>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
-          }
-          for (int k = 0; k < nruns; ++k) {
-            // the run's pixels that are real outputs, in order: (oh, ow) with ow < OW
-            int np = 0;
-            for (int i = 0; i < 16; ++i) {
-              int oh = oh0[k], ow = ow0[k] + i;
-              if (line) {
-                oh += ow / Wp;
-                ow %= Wp;
-              }
-              if (oh < OH && ow < OW) {
-                slot[np] = i;
-                qidx[np++] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
-              }
+      const bool two_blocks = b + 1 < nb;
+      const std::int8_t* w0 = wbuf.data();
+      expand_rows(w.amx.data() + (static_cast<std::int64_t>(g) * nb + b) * (wtile / 64), (two_blocks ? 2 : 1) * wtile / 64,
+                  wbuf.data());
+      const int oc0 = g * w.oc_per_group + b * 16;
+      const int noc = std::min(32, w.oc_per_group - b * 16);
+      for (std::int64_t pr = pr0; pr < pr1; ++pr) {
+        const std::int8_t* a[2] = {nullptr, nullptr};
+        int oh0[2] = {0, 0}, ow0[2] = {0, 0};  // where each run starts (line: may run on into the next rows)
+        const int nruns = 2 * pr + 1 < runs ? 2 : 1;
+        for (int k = 0; k < nruns; ++k) {
+          const std::int64_t r = 2 * pr + k;
+          oh0[k] = line ? static_cast<int>(16 * r / Wp) : static_cast<int>(r / runs_per_row);
+          ow0[k] = line ? static_cast<int>(16 * r % Wp) : static_cast<int>(r % runs_per_row) * 16;
+          a[k] = ib + (static_cast<std::int64_t>(oh0[k]) * sh * Wp + static_cast<std::int64_t>(ow0[k]) * sw) * Cp;
+        }
+        if (nruns == 2) {
+          if (two_blocks) amx_step<true, true>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
+          else amx_step<true, false>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
+        } else {
+          if (two_blocks) amx_step<false, true>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
+          else amx_step<false, false>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
+        }
+        for (int k = 0; k < nruns; ++k) {
+          // the run's pixels that are real outputs, in order: (oh, ow) with ow < OW
+          int np = 0;
+          for (int i = 0; i < 16; ++i) {
+            int oh = oh0[k], ow = ow0[k] + i;
+            if (line) {
+              oh += ow / Wp;
+              ow %= Wp;
             }
-            // the epilogue reads pop rows ld apart: gather the real pixels' rows when they are not contiguous
-            const std::int32_t* rows = pop + 16 * k * 32;
-            if (np > 0 && slot[np - 1] != np - 1) {
-              for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, rows + slot[i] * 32, 32 * sizeof(std::int32_t));
-              rows = gathered;
+            if (oh < OH && ow < OW) {
+              slot[np] = i;
+              qidx[np++] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
             }
-            if (np > 0) epilogue_avx512_t<true, 16>(e, rows, 32, nullptr, qidx, np, oc0, noc, 0);
           }
+          // the epilogue reads pop rows ld apart: gather the real pixels' rows when they are not contiguous
+          const std::int32_t* rows = pop + 16 * k * 32;
+          if (np > 0 && slot[np - 1] != np - 1) {
+            for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, rows + slot[i] * 32, 32 * sizeof(std::int32_t));
+            rows = gathered;
+          }
+          if (np > 0) epilogue_avx512_t<true, 16>(e, rows, 32, nullptr, qidx, np, oc0, noc, 0);
         }
       }
     }
