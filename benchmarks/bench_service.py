@@ -202,12 +202,14 @@ def run_config(name: str, env: dict[str, str], args: argparse.Namespace, data: b
 
 
 def markdown(result: dict[str, Any]) -> str:
+    size = result.get("input_size")
+    at = f" at {size[0]}x{size[1]} ({result['packed_weights']})" if size else ""
     lines = [
         "# Service benchmark (loopback, 1 uvicorn worker)",
         "",
         f"`{result['command']}` on {result['machine']['cpus']} CPUs ({result['machine']['processor']}), "
         f"load average {result['machine']['loadavg_before']} before, {result['machine']['loadavg_after']} after.",
-        f"Model {result['model']}, one 640x480 JPEG ({result['image']}) with one client box per request.",
+        f"Model {result['model']}{at}, one 640x480 JPEG ({result['image']}) with one client box per request.",
         "",
         "| config | backend | model OPs | p50 ms | p90 ms | server p50 ms (queue / network) | req/s "
         f"({result['clients']} clients) | mean batch |",
@@ -238,8 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="BINPOSE_THREADS of the server (0 = library default)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--input-size", default=None, metavar="HxW",
+        help="serve the model at this input size instead of the bundled one (both configs: seed-0 random-init "
+        "weights, the speed does not depend on their values); results go to service-HxW.json/.md",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    size: list[int] | None = None
+    if args.input_size:
+        try:
+            size = [int(v) for v in args.input_size.lower().split("x")]
+            assert len(size) == 2 and min(size) > 0
+        except (ValueError, AssertionError):
+            p.error(f"--input-size takes HxW, e.g. 256x192; got {args.input_size!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -248,15 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     weights = REPO / "weights"
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
     packed_note = f"bundled {weights / (args.model + '.bnn')}"
-    if not (weights / f"{args.model}.bnn").exists() and available("engine.pack", "pack_model"):
+    manifest = weights / "manifest.json"
+    entry = json.loads(manifest.read_text()).get("models", {}).get(args.model, {}) if manifest.exists() else {}
+    overrides = dict(entry.get("overrides") or {})  # the network served: the bundled file's input size, width...
+    if size is not None:
+        overrides["input_size"] = size
+    if (size is not None or not (weights / f"{args.model}.bnn").exists()) and available("engine.pack", "pack_model"):
         import torch
 
         import models
         from engine.pack import pack_model
 
         torch.manual_seed(0)
-        pack_model(models.build(args.model).eval(), tmp / f"{args.model}.bnn", {"source": "bench: seed-0 random init"})
-        weights, packed_note = tmp, "seed-0 random init packed on the fly (no bundled weights)"
+        net = models.build(args.model, **overrides).eval()
+        pack_model(net, tmp / f"{args.model}.bnn", {"source": "bench: seed-0 random init"})
+        weights, packed_note = tmp, f"seed-0 random init packed on the fly ({'x'.join(map(str, net.spec.input_size))})"
     common = {"BINPOSE_MODELS": args.model, "BINPOSE_MAX_BATCH_SIZE": str(args.max_batch_size),
               "BINPOSE_MAX_WAIT_MS": str(args.max_wait_ms), "BINPOSE_WEIGHTS_DIR": str(weights),
               "BINPOSE_LOG_LEVEL": "warning"}  # fmt: skip
@@ -267,10 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         configs.append(run_config("binary, packed", {**common, "BINPOSE_BACKEND": "packed"}, args, data))
     else:
         configs.append({"name": "binary, packed", "skipped": "engine.load or the .bnn file is missing"})
-    # the float twin of the very network served (the bundled file's overrides: input size, width...), float weights
-    manifest = weights / "manifest.json"
-    entry = json.loads(manifest.read_text()).get("models", {}).get(args.model, {}) if manifest.exists() else {}
-    twin_overrides = {**dict(entry.get("overrides") or {}), "binary": False}
+    # the float twin of the very network served, with float weights
+    twin_overrides = {**overrides, "binary": False}
     twin = {**common, "BINPOSE_BACKEND": "onnx", "BINPOSE_CACHE_DIR": str(tmp / "onnx"),
             "BINPOSE_WEIGHTS_DIR": str(tmp / "twin"),
             "BINPOSE_MODEL_OVERRIDES": json.dumps({args.model: twin_overrides})}  # fmt: skip
@@ -301,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },  # fmt: skip
         "model": args.model,
+        "input_size": size,
         "packed_weights": packed_note,
         "float_twin": "models.build(model, binary=False), seed-0 random init",
         "image": source,
@@ -310,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "service.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "service" if size is None else f"service-{size[0]}x{size[1]}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    (args.out / "service.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0
 
