@@ -76,11 +76,14 @@ def _child_main(conn: Connection, name: str, backend: str, options: LoadOptions,
         except (EOFError, OSError):
             return  # the server is gone
         _, in_name, shape, dtype, out_name, out_capacity = msg
-        for name in [n for n in mapped if n not in (in_name, out_name)]:  # blocks the server has replaced
-            mapped.pop(name).close()
-        for name in (in_name, out_name):
-            if name is not None and name not in mapped:
-                mapped[name] = SharedMemory(name=name)
+        for block in [b for b in mapped if b not in (in_name, out_name)]:  # blocks the server has replaced
+            try:
+                mapped.pop(block).close()
+            except BufferError:  # an array of the network still views it: the mapping goes with that array
+                pass
+        for block in (in_name, out_name):
+            if block is not None and block not in mapped:
+                mapped[block] = SharedMemory(name=block)
         try:
             out = np.asarray(loaded.infer(np.ndarray(shape, np.dtype(dtype), buffer=mapped[in_name].buf)))
         except Exception as exc:
