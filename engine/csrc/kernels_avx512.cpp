@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <utility>
 
 #include "bconv.h"
@@ -325,21 +326,32 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
   // The last run of a row may read up to 15 pixels past the row (results dropped): slack rows keep it in the buffer.
   const int rows = Hp + (16 * sw + Wp - 1) / Wp + 1;
   const std::int64_t img = static_cast<std::int64_t>(rows) * Wp * Cp;
-  std::vector<std::int8_t, AlignedAlloc<std::int8_t>> buf(static_cast<std::size_t>(N) * G * img, 0);
+  // Not value-initialized: each row task writes its pixels and zeroes its own border (and the first and last rows of
+  // an image zero the padding rows above and below), so no byte is written twice.
+  const std::unique_ptr<std::int8_t[]> buf(new std::int8_t[static_cast<std::size_t>(N) * G * img]);
+  const std::int64_t row_bytes = static_cast<std::int64_t>(Wp) * Cp;
   parallel_for(static_cast<std::int64_t>(N) * G * H, [&](std::int64_t i) {
     const int h = static_cast<int>(i % H), g = static_cast<int>((i / H) % G), n = static_cast<int>(i / (H * G));
-    std::int8_t* d = buf.data() + (static_cast<std::int64_t>(n) * G + g) * img +
-                     ((static_cast<std::int64_t>(h) + geo.pad_top) * Wp + geo.pad_left) * Cp;
+    std::int8_t* image = buf.get() + (static_cast<std::int64_t>(n) * G + g) * img;
+    std::int8_t* row = image + (static_cast<std::int64_t>(h) + geo.pad_top) * row_bytes;
+    if (h == 0) std::memset(image, 0, static_cast<std::size_t>(geo.pad_top * row_bytes));
+    if (h == H - 1) {
+      const std::int64_t below = static_cast<std::int64_t>(H) + geo.pad_top;
+      std::memset(image + below * row_bytes, 0, static_cast<std::size_t>((rows - below) * row_bytes));
+    }
+    std::memset(row, 0, static_cast<std::size_t>(geo.pad_left * Cp));
+    std::memset(row + (static_cast<std::int64_t>(geo.pad_left) + W) * Cp, 0, static_cast<std::size_t>(geo.pad_right * Cp));
+    std::int8_t* d = row + static_cast<std::int64_t>(geo.pad_left) * Cp;
     const std::uint32_t* s = input + (static_cast<std::int64_t>(n) * H + h) * W * geo.in_words;
     const std::int64_t c0 = static_cast<std::int64_t>(g) * Cg;
-    std::uint32_t tmp[64];
+    std::vector<std::uint32_t> tmp(c0 % 32 == 0 ? 0 : static_cast<std::size_t>(w.cwg));
     for (int x = 0; x < W; ++x, d += Cp) {
       const std::uint32_t* px = s + static_cast<std::int64_t>(x) * geo.in_words;
       if (c0 % 32 == 0) {
         px += c0 / 32;
       } else {
-        extract_bits(px, 0, c0, Cg, tmp);
-        px = tmp;
+        extract_bits(px, 0, c0, Cg, tmp.data());
+        px = tmp.data();
       }
       for (int c = 0; c < chunks; ++c) expand64(px + 2 * c, std::min(64, Cg - 64 * c), d + 64 * c);
     }
@@ -385,7 +397,7 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
     if (static_cast<std::int64_t>(wbuf.size()) < 2 * wtile) wbuf.resize(static_cast<std::size_t>(2 * wtile));
     for (std::int64_t u = u0; u < u1; ++u) {
       const int g = units[u].first, b = units[u].second;
-      const std::int8_t* ib = buf.data() + (static_cast<std::int64_t>(n) * G + g) * img;
+      const std::int8_t* ib = buf.get() + (static_cast<std::int64_t>(n) * G + g) * img;
       const bool two_blocks = b + 1 < nb;
       const std::int8_t* w0 = wbuf.data();
       expand_rows(w.amx.data() + (static_cast<std::int64_t>(g) * nb + b) * (wtile / 64), (two_blocks ? 2 : 1) * wtile / 64,
