@@ -193,6 +193,14 @@ def test_network_shapes_on_every_isa(case: Case) -> None:
         kernels.set_isa(before)
 
 
+@pytest.mark.parametrize("case", [Case(1, 4100, 32, 5, 4, (3, 3), (1, 1), (1, 1), (1, 1), 2)], ids=str)
+def test_wide_groups_off_word_boundaries(case: Case, isa: str) -> None:
+    """2050 channels per group: the second group starts mid-word and spans more than 64 words."""
+    x, w = tensors(case, 5)
+    ref = F.conv2d(sgn(x), sgn(w), None, case.stride, case.pad, case.dil, case.groups)
+    assert torch.equal(binary_conv2d(x, w, None, case.stride, case.pad, case.dil, case.groups), ref)
+
+
 def test_amx_min_pixels_is_validated() -> None:
     with pytest.raises(ValueError, match=">= 1"):
         kernels.set_amx_min_pixels(0)
