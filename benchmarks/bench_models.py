@@ -27,6 +27,7 @@ import torch
 
 import engine
 import models
+from benchmarks.args import parse_size
 from engine import kernels
 from engine.onnx import export_onnx
 from engine.pack import pack_model
@@ -77,10 +78,9 @@ def parse_model(arg: str) -> tuple[str, dict[str, Any]]:
     if not size:
         return name, {}
     try:
-        h, w = (int(v) for v in size.lower().split("x"))
+        return name, {"input_size": parse_size(size)}
     except ValueError:
         raise ValueError(f"{arg!r}: expected NAME or NAME:HxW, e.g. sbpn-r18:128x96") from None
-    return name, {"input_size": (h, w)}
 
 
 def bench_model(arg: str, batches: Sequence[int], threads: Sequence[int], budget_s: float, work: Path) -> dict[str, Any]:

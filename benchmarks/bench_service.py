@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.args import parse_size
 from service.process import ServiceProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -250,9 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     size: list[int] | None = None
     if args.input_size:
         try:
-            size = [int(v) for v in args.input_size.lower().split("x")]
-            assert len(size) == 2 and min(size) > 0
-        except (ValueError, AssertionError):
+            size = list(parse_size(args.input_size))
+        except ValueError:
             p.error(f"--input-size takes HxW, e.g. 256x192; got {args.input_size!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
