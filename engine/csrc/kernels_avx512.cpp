@@ -436,12 +436,12 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
             }
           }
           // the epilogue reads pop rows ld apart: gather the real pixels' rows when they are not contiguous
-          const std::int32_t* rows = pop + 16 * k * 32;
+          const std::int32_t* dots = pop + 16 * k * 32;
           if (np > 0 && slot[np - 1] != np - 1) {
-            for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, rows + slot[i] * 32, 32 * sizeof(std::int32_t));
-            rows = gathered;
+            for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, dots + slot[i] * 32, 32 * sizeof(std::int32_t));
+            dots = gathered;
           }
-          if (np > 0) epilogue_avx512_t<true, 16>(e, rows, 32, nullptr, qidx, np, oc0, noc, 0);
+          if (np > 0) epilogue_avx512_t<true, 16>(e, dots, 32, nullptr, qidx, np, oc0, noc, 0);
         }
       }
     }
