@@ -1,5 +1,7 @@
 """Type stubs of the C++ extension (engine/csrc/module.cpp). Use engine.kernels, the documented API."""
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -36,6 +38,7 @@ def bconv2d(
     next_threshold: npt.NDArray[np.float32] | None = None,
     want_float: bool = True,
     want_bits: bool = False,
+    out: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.uint32] | None]: ...
 def available_isas() -> list[str]: ...
 def active_isa() -> str: ...
@@ -57,8 +60,10 @@ def channel_act(
 ) -> npt.NDArray[np.float32] | None: ...
 def maxpool2d(
     x: npt.NDArray[np.float32], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
-    out_hw: list[int],
-) -> npt.NDArray[np.float32]: ...  # fmt: skip
+    out_hw: list[int], act: int = 0, slope: npt.NDArray[np.float32] | None = None,
+    gamma: npt.NDArray[np.float32] | None = None, zeta: npt.NDArray[np.float32] | None = None, pack: bool = False,
+    threshold: npt.NDArray[np.float32] | None = None,
+) -> Any: ...  # fmt: skip
 def avgpool2d(
     x: npt.NDArray[np.float32], kernel: list[int], stride: list[int], padding: list[int], out_hw: list[int],
     count_include_pad: bool,

@@ -4,10 +4,12 @@ Binary convs leave float tensors in NHWC. These ops keep them there and run on t
 glue between binary layers (pooling, the sums of HRNet's branch fusion, activations, nearest upsampling) neither
 reorders memory nor wakes torch's pool. Semantics follow ``torch.nn.functional`` (tests check them against it):
 
-- :func:`max_pool2d`: implicit -inf padding, dilation, ``ceil_mode`` (NaN inputs are not propagated).
+- :func:`max_pool2d`: implicit -inf padding, dilation, ``ceil_mode`` (NaN inputs are not propagated), an activation
+  fused; :func:`max_pool2d_pack` also packs the result's sign bits in the same pass.
 - :func:`avg_pool2d`: ``count_include_pad`` and ``ceil_mode`` with torch's divisor rules (no dilation).
 - :func:`sum_upsampled`: ``act(sum(xs) + sum(nearest_upsample(u, f)))`` in one pass.
 - :func:`channel_act`: ReLU, PReLU or RPReLU per channel, in place when ``out`` is given.
+- :func:`direct_conv2d`: a register-tiled float conv for few input channels (stems).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from engine.kernels import PReLU, ReLU, RPReLU, act_args
 
 FloatArray = npt.NDArray[np.float32]
 
-__all__ = ["ReLU", "Activation", "channel_act", "max_pool2d", "avg_pool2d", "sum_upsampled", "upsample_nearest",
-           "pool_output_size"]  # fmt: skip
+__all__ = ["ReLU", "Activation", "channel_act", "max_pool2d", "max_pool2d_pack", "avg_pool2d", "sum_upsampled",
+           "upsample_nearest", "pool_output_size", "DirectConvWeights", "has_direct_conv", "direct_conv2d"]  # fmt: skip
 
 
 Activation = ReLU | PReLU | RPReLU | None
@@ -67,11 +69,29 @@ def _pool_args(
 def max_pool2d(
     x: npt.ArrayLike, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, ceil_mode: bool = False,
+    act: Activation = None,
 ) -> FloatArray:  # fmt: skip
-    """Max pooling of float32 NHWC ``x`` (``torch.nn.functional.max_pool2d`` semantics; stride defaults to kernel)."""
+    """Max pooling of float32 NHWC ``x`` (``torch.nn.functional.max_pool2d`` semantics; stride defaults to kernel),
+    then ``act`` per channel in the same pass."""
     a = _nhwc("max_pool2d", x)
     k, s, p, d, out = _pool_args("max_pool2d", a, kernel, stride, padding, dilation, ceil_mode)
-    return np.asarray(_native.maxpool2d(a, k, s, p, d, out))
+    code, slope, gamma, zeta = act_args(act, None, "max_pool2d")
+    return np.asarray(_native.maxpool2d(a, k, s, p, d, out, code, slope, gamma, zeta))
+
+
+def max_pool2d_pack(
+    x: npt.ArrayLike, kernel: int | Sequence[int], stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, ceil_mode: bool = False,
+    act: Activation = None, threshold: npt.ArrayLike | None = None,
+) -> tuple[FloatArray, kernels.PackedActivations]:  # fmt: skip
+    """:func:`max_pool2d` with ``act``, and the result's sign bits as :func:`engine.kernels.pack_activations` packs
+    them (bit = ``(y + threshold[c]) < 0``), in one pass: ``(y, bits)``."""
+    a = _nhwc("max_pool2d_pack", x)
+    k, s, p, d, out = _pool_args("max_pool2d_pack", a, kernel, stride, padding, dilation, ceil_mode)
+    code, slope, gamma, zeta = act_args(act, None, "max_pool2d_pack")
+    thr = None if threshold is None else np.ascontiguousarray(threshold, dtype=np.float32).reshape(-1)
+    y, bits = _native.maxpool2d(a, k, s, p, d, out, code, slope, gamma, zeta, True, thr)
+    return np.asarray(y), kernels.PackedActivations(np.asarray(bits), int(a.shape[3]))
 
 
 def avg_pool2d(

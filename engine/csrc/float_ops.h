@@ -30,8 +30,11 @@ struct PoolGeometry {
 // out = act(x) per channel; out may be x (in place).
 void channel_act(const float* x, float* out, std::int64_t pixels, int C, const ChannelAct& a);
 
-// Max pooling, implicit -inf padding (torch.nn.functional.max_pool2d); NaN inputs are not propagated.
-void maxpool2d(const float* x, const PoolGeometry& g, float* out);
+// Max pooling, implicit -inf padding (torch.nn.functional.max_pool2d); NaN inputs are not propagated. Then, in the
+// same pass over each output row: out = act(out) when a.act is set, and when `bits` is given the row's sign bits in
+// the convolution layout (bit = (out + thr) < 0, thr may be null) into bits [N][OH][OW][ceil(C / 32)].
+void maxpool2d(const float* x, const PoolGeometry& g, float* out, const ChannelAct& a = {}, const float* thr = nullptr,
+               std::uint32_t* bits = nullptr);
 
 // Average pooling (dilation 1) with torch's divisor rules: count_include_pad divides by the window clipped to the
 // padded input, otherwise by the number of input pixels in the window.

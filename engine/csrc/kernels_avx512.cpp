@@ -178,6 +178,19 @@ void fconv_tile(const FloatConvArgs& a, const float* row0, int ow0, int oc0, flo
   for (int kh = 0; kh < a.KH; ++kh) {
     const float* xr = row0 + static_cast<std::ptrdiff_t>(kh) * a.dh * rstride +
                       static_cast<std::ptrdiff_t>(ow0) * xstep;
+    if (a.dw == 1) {  // the taps of a kernel row and their channels are one contiguous run, in input and weights
+      const float* wk = a.w + (static_cast<std::ptrdiff_t>(kh) * a.KW * a.Cin) * a.OCp + oc0;
+      const int run = a.KW * a.Cin;
+      for (int j = 0; j < run; ++j, wk += a.OCp) {
+        __m512 w[B];
+        for (int b = 0; b < B; ++b) w[b] = _mm512_loadu_ps(wk + 16 * b);
+        for (int p = 0; p < P; ++p) {
+          const __m512 x = _mm512_set1_ps(xr[p * xstep + j]);
+          for (int b = 0; b < B; ++b) acc[p][b] = _mm512_fmadd_ps(x, w[b], acc[p][b]);
+        }
+      }
+      continue;
+    }
     for (int kw = 0; kw < a.KW; ++kw) {
       const float* xk = xr + static_cast<std::ptrdiff_t>(kw) * a.dw * a.Cin;
       const float* wk = a.w + (static_cast<std::ptrdiff_t>(kh * a.KW + kw) * a.Cin) * a.OCp + oc0;
@@ -225,7 +238,18 @@ void fconv_row(const FloatConvArgs& a, const float* row0, int oc0, float* out_ro
   constexpr int P = B == 4 ? 6 : 8;  // P * B <= 24 accumulators
   int ow = 0;
   for (; ow + P <= a.OW; ow += P) fconv_tile<P, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
-  for (; ow < a.OW; ++ow) fconv_tile<1, B>(a, row0, ow, oc0, out_row + static_cast<std::ptrdiff_t>(ow) * a.OC);
+  // The row's tail as one narrower tile (one pixel at a time would reload the weights for every pixel).
+  float* tail = out_row + static_cast<std::ptrdiff_t>(ow) * a.OC;
+  switch (a.OW - ow) {
+    case 0: break;
+    case 1: fconv_tile<1, B>(a, row0, ow, oc0, tail); break;
+    case 2: fconv_tile<2, B>(a, row0, ow, oc0, tail); break;
+    case 3: fconv_tile<3, B>(a, row0, ow, oc0, tail); break;
+    case 4: fconv_tile<4, B>(a, row0, ow, oc0, tail); break;
+    case 5: fconv_tile<5, B>(a, row0, ow, oc0, tail); break;
+    case 6: fconv_tile<6, B>(a, row0, ow, oc0, tail); break;
+    default: fconv_tile<7, B>(a, row0, ow, oc0, tail); break;  // P is at most 8
+  }
 }
 
 void float_conv_rows_avx512(const FloatConvArgs& a, std::int64_t r0, std::int64_t r1) {

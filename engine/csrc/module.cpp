@@ -28,6 +28,7 @@ using In = nb::ndarray<const T, nb::ndim<D>, nb::c_contig, nb::device::cpu>;
 template <typename T, std::size_t D>
 using Out = nb::ndarray<nb::numpy, T, nb::ndim<D>>;
 using Vec = In<float, 1>;
+using MutFloat4 = nb::ndarray<float, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
 using FloatMatrix = In<float, 2>;
 using WordMatrix = In<std::uint64_t, 2>;
 
@@ -132,7 +133,7 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
                      std::vector<int> padding, std::vector<int> dilation, Vec scale, Vec shift,
                      std::optional<In<float, 4>> residual, int act, std::optional<Vec> slope,
                      std::optional<Vec> gamma, std::optional<Vec> zeta, std::optional<Vec> next_threshold,
-                     bool want_float, bool want_bits) {
+                     bool want_float, bool want_bits, std::optional<MutFloat4> out) {
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("bconv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
   if (!want_float && !want_bits) throw std::invalid_argument("bconv2d: ask for float output, bits, or both");
@@ -175,7 +176,12 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
   nb::object out_f = nb::none(), out_b = nb::none();
   std::optional<Out<float, 4>> fo;
   std::optional<Out<std::uint32_t, 4>> bo;
-  if (want_float) {
+  if (want_float && out) {  // into a caller's array, e.g. the residual's own (each element is read, then written)
+    if (out->shape(0) != N || out->shape(1) != OH || out->shape(2) != OW || out->shape(3) != O)
+      throw std::invalid_argument("bconv2d: out must be float32 NHWC of the output's shape");
+    e.out = out->data();
+    out_f = nb::cast(*out);
+  } else if (want_float) {
     fo = new_array<float, 4>({N, OH, OW, O});
     e.out = fo->data();
   }
@@ -195,8 +201,6 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
 
 // ------------------------------------------------------------------------------------------------ float NHWC ops
 using Float4 = In<float, 4>;
-using MutFloat4 = nb::ndarray<float, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
-
 binpose::ChannelAct channel_act_params(const char* op, int act, const std::optional<Vec>& slope,
                                        const std::optional<Vec>& gamma, const std::optional<Vec>& zeta,
                                        std::size_t C) {
@@ -260,15 +264,26 @@ binpose::PoolGeometry pool_geometry(const char* op, const Float4& x, std::vector
   return g;
 }
 
-Out<float, 4> py_maxpool2d(Float4 x, std::vector<int> k, std::vector<int> s, std::vector<int> p, std::vector<int> d,
-                           std::vector<int> out_hw) {
+// Returns the pooled array, or (pooled, bits) when `pack` is set.
+nb::object py_maxpool2d(Float4 x, std::vector<int> k, std::vector<int> s, std::vector<int> p, std::vector<int> d,
+                        std::vector<int> out_hw, int act, std::optional<Vec> slope, std::optional<Vec> gamma,
+                        std::optional<Vec> zeta, bool pack, std::optional<Vec> thr) {
   const binpose::PoolGeometry g = pool_geometry("maxpool2d", x, k, s, p, d, out_hw);
-  auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW), x.shape(3)});
+  const std::size_t C = x.shape(3);
+  const binpose::ChannelAct a = channel_act_params("maxpool2d", act, slope, gamma, zeta, C);
+  if (thr && thr->shape(0) != C)
+    throw std::invalid_argument("maxpool2d: threshold has " + str(thr->shape(0)) + " entries, input has " + str(C) +
+                                " channels");
+  const std::size_t OH = static_cast<std::size_t>(g.OH), OW = static_cast<std::size_t>(g.OW);
+  auto out = new_array<float, 4>({x.shape(0), OH, OW, C});
+  std::optional<Out<std::uint32_t, 4>> bits;
+  if (pack) bits = new_array<std::uint32_t, 4>({x.shape(0), OH, OW, binpose::words32_for_bits(C)});
   {
     nb::gil_scoped_release release;
-    binpose::maxpool2d(x.data(), g, out.data());
+    binpose::maxpool2d(x.data(), g, out.data(), a, thr ? thr->data() : nullptr, bits ? bits->data() : nullptr);
   }
-  return out;
+  if (bits) return nb::make_tuple(out, *bits);
+  return nb::cast(out);
 }
 
 Out<float, 4> py_avgpool2d(Float4 x, std::vector<int> k, std::vector<int> s, std::vector<int> p,
@@ -313,9 +328,9 @@ Out<float, 4> py_sum_upsampled(std::vector<Float4> xs, std::vector<Float4> ups, 
   return out;
 }
 
-Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
-                              std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
-                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
+binpose::FloatConvGeometry float_conv_geometry(const Float4& x, const In<float, 4>& w, const Vec& bias,
+                                               int out_channels, const std::vector<int>& stride,
+                                               const std::vector<int>& padding, const std::vector<int>& dilation) {
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("float_conv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
   binpose::FloatConvGeometry g{};
@@ -339,6 +354,13 @@ Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channe
   g.dh = dilation[0];
   g.dw = dilation[1];
   binpose::float_conv_output_size(g);
+  return g;
+}
+
+Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
+                              std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
+                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
+  const binpose::FloatConvGeometry g = float_conv_geometry(x, w, bias, out_channels, stride, padding, dilation);
   const binpose::ChannelAct a = channel_act_params("float_conv2d", act, slope, gamma, zeta, static_cast<std::size_t>(g.OC));
   auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW),
                                   static_cast<std::size_t>(g.OC)});
@@ -394,12 +416,17 @@ NB_MODULE(_native, m) {
         nb::arg("residual").none() = nb::none(), nb::arg("act") = 0, nb::arg("slope").none() = nb::none(),
         nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
         nb::arg("next_threshold").none() = nb::none(), nb::arg("want_float") = true, nb::arg("want_bits") = false,
-        "Packed binary conv2d with the fused epilogue; returns (float NHWC or None, uint32 bits or None).");
+        nb::arg("out").none() = nb::none(),
+        "Packed binary conv2d with the fused epilogue; returns (float NHWC or None, uint32 bits or None). The float "
+        "output goes into `out` when given (it may be the residual itself).");
   m.def("channel_act", &py_channel_act, nb::arg("x"), nb::arg("act"), nb::arg("slope").none() = nb::none(),
         nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(), nb::arg("out").none() = nb::none(),
         "Per-channel activation of float NHWC (0 none, 1 PReLU, 2 RPReLU, 3 ReLU); into `out` (None returned) or new.");
   m.def("maxpool2d", &py_maxpool2d, nb::arg("x"), nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"),
-        nb::arg("dilation"), nb::arg("out_hw"), "Max pooling of float NHWC (-inf padding).");
+        nb::arg("dilation"), nb::arg("out_hw"), nb::arg("act") = 0, nb::arg("slope").none() = nb::none(),
+        nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(), nb::arg("pack") = false,
+        nb::arg("threshold").none() = nb::none(),
+        "Max pooling of float NHWC (-inf padding), then the activation; (pooled, bits) when pack is set.");
   m.def("avgpool2d", &py_avgpool2d, nb::arg("x"), nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"),
         nb::arg("out_hw"), nb::arg("count_include_pad"), "Average pooling of float NHWC (torch's divisor rules).");
   m.def("sum_upsampled", &py_sum_upsampled, nb::arg("xs"), nb::arg("ups"), nb::arg("factors"), nb::arg("act") = 0,

@@ -305,6 +305,19 @@ def test_fused_epilogue(case: Case, act: str | None, use_residual: bool, isa: st
     assert bits_only.out is None and bits_only.bits is not None
     assert np.array_equal(bits_only.bits.bits, res.bits.bits)
 
+    if residual is not None:  # the float output written over the residual's own array: same values and bits
+        conv = kernels.BConv(pw, case.stride, case.pad, case.dil, scale, shift, act_obj, nxt, want_float=True)
+        own = residual.copy()
+        in_place = conv(packed, own, residual_in_place=True)
+        assert in_place.out is own and in_place.bits is not None
+        np.testing.assert_allclose(own, y, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(in_place.bits.bits, res.bits.bits)
+        frozen = residual.copy()
+        frozen.flags.writeable = False  # not writable: a fresh output, the residual untouched
+        fresh = conv(packed, frozen, residual_in_place=True)
+        assert fresh.out is not frozen and np.array_equal(frozen, residual)
+        np.testing.assert_allclose(fresh.out, y, rtol=1e-5, atol=1e-5)
+
 
 def test_chained_layers_via_bits() -> None:
     """Bits written by one layer's epilogue feed the next layer exactly like packing its float output."""

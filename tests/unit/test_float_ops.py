@@ -87,6 +87,26 @@ def _torch_act(t: torch.Tensor, act: float_ops.Activation) -> torch.Tensor:
     return F.prelu(t - g, torch.from_numpy(act.slope)) + z
 
 
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
+def test_max_pool2d_with_act_and_pack_matches_torch(
+    threads: int, shape: tuple[int, ...], k: int, s: int, p: int, d: int, ceil: bool
+) -> None:
+    """The fused pooling (ResNet's stem: pool, PReLU, sign bits in one pass) vs torch's pool and activation, and the
+    bits vs numpy's signs of ``y + threshold`` (bit 1 = -1)."""
+    x = _x(shape, 3)
+    c = shape[3]
+    thr = np.random.default_rng(c).standard_normal(c).astype(np.float32)
+    for name, act in _acts(c):
+        want = _nhwc(_torch_act(F.max_pool2d(_nchw(x), k, s, p, d, ceil), act))
+        np.testing.assert_allclose(float_ops.max_pool2d(x, k, s, p, d, ceil, act), want, rtol=1e-6, atol=1e-6)
+        for threshold in (thr, None):
+            y, bits = float_ops.max_pool2d_pack(x, k, s, p, d, ceil, act, threshold)
+            np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6, err_msg=name)
+            signs = np.where(y + (threshold if threshold is not None else 0) < 0, -1.0, 1.0)
+            assert bits.channels == c and bits.bits.shape[:3] == y.shape[:3]
+            np.testing.assert_array_equal(kernels.unpack_activations(bits), signs, err_msg=name)
+
+
 @pytest.mark.parametrize("shape", [(1, 128, 96, 64), (2, 5, 3, 18), (1, 1, 1, 1)])
 def test_channel_act_matches_torch_new_and_in_place(threads: int, shape: tuple[int, ...]) -> None:
     x = _x(shape, 2)
@@ -150,6 +170,8 @@ DIRECT = [  # Cin, OC, kernel, stride, padding, dilation, (H, W)
     (4, 70, (1, 5), (1, 2), (0, 2, 0, 1), 1, (6, 13)),
     (2, 16, (3, 3), 1, 0, 2, (8, 8)),
     (3, 130, (2, 2), 2, 0, 1, (5, 7)),
+    (3, 64, (3, 3), 1, 1, 1, (4, 11)),  # a row's tail of 5 pixels after the 6-pixel tiles
+    (3, 32, (3, 3), 1, 1, 1, (5, 15)),  # a tail of 7 after the 8-pixel tiles of two channel blocks
 ]
 
 

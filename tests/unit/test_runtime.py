@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.fx as fx
@@ -200,5 +201,30 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
 def test_profile_lists_every_op(tmp_path: Path) -> None:
     pm = engine.load(pack_model(randomize(models.build("resnet18-small", width=16), 1), tmp_path / "m.bnn"))
     prof = pm.profile(torch.zeros(1, 3, 32, 32), runs=2)
-    assert [p["type"] for p in prof] == [op["type"] for op in pm.graph["ops"]]
+    assert "+".join(p["type"] for p in prof).split("+") == [op["type"] for op in pm.graph["ops"]]  # fused: "a+b"
     assert all(p["ms"] >= 0 for p in prof)
+
+
+def test_fast_path_fuses_and_reuses_without_touching_input_or_values(tmp_path: Path) -> None:
+    """A plain call pools, activates and packs the stem in one op and writes binary convs' float outputs over their
+    dead residuals; neither may change the caller's tensor (NCHW or channels-last, whose NHWC view is the caller's
+    memory) nor what ``values`` reports."""
+    model = randomize(models.build("resnet18"), seed=3, negative_slopes=False)
+    pm = engine.load(pack_model(model, tmp_path / "r18.bnn"))
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    assert [p["type"] for p in pm.profile(x, runs=1)][:2] == ["conv", "maxpool+act+pack"]
+    ref = pm(x)
+    for inp in (x.clone(), x.clone().contiguous(memory_format=torch.channels_last)):
+        before = inp.clone()
+        torch.testing.assert_close(pm(inp), ref, rtol=0, atol=0)
+        assert torch.equal(inp, before)
+    residuals = [(op["inputs"]["residual"], op["outputs"]["y"]) for op in pm.graph["ops"]
+                 if op["type"] == "bconv" and "residual" in op["inputs"] and "y" in op["outputs"]]  # fmt: skip
+    fast = pm._run(x, pm._ops)
+    assert any(np.shares_memory(fast[r], fast[y]) for r, y in residuals)  # the reuse is on
+    kept = pm.values(x)
+    assert not any(np.shares_memory(kept[r], kept[y]) for r, y in residuals)
+    again = pm.values(x)
+    for name, v in kept.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, again[name], err_msg=name)
