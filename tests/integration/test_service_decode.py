@@ -102,6 +102,44 @@ def test_only_jpeg_with_known_boxes_is_decoded_reduced() -> None:
         assert plan.decode_scale == 1 and plan.rgb is not None and plan.rgb.shape == (480, 640, 3)
 
 
+def _pillow_rgb(data: bytes, reduction: int) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    if reduction > 1:
+        img.draft("RGB", (img.size[0] // reduction, img.size[1] // reduction))
+    return np.asarray(img.convert("RGB"))
+
+
+def _jpegs() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(4)
+    smooth = cv2.GaussianBlur(rng.integers(0, 255, (475, 637, 3), dtype=np.uint8), (0, 0), 3)
+    out = [("637x475 q90", jpeg(smooth)), ("637x475 q40", jpeg(smooth, 40))]
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, format="JPEG", quality=95, subsampling=0)  # 4:4:4
+    out.append(("637x475 4:4:4", buf.getvalue()))
+    photo = DATA / "messi5.jpg"
+    if photo.exists():
+        out.append(("messi5.jpg", photo.read_bytes()))
+    return out
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4, 8])
+def test_fast_jpeg_decode_gives_pillows_pixels(reduction: int) -> None:
+    """load_rgb's JPEG path (simplejpeg) against Pillow's own decode of the same file at the same DCT scale: the
+    same pixels, the same reduction, and a truncated file is still a 422."""
+    from service import imaging
+    from service.errors import ApiError
+
+    assert imaging.simplejpeg is not None, "simplejpeg is a dependency (pyproject.toml)"
+    for name, data in _jpegs():
+        rgb, r = imaging.load_rgb(imaging.open_image(data, MAX_PIXELS), reduction)
+        want = _pillow_rgb(data, reduction)
+        assert r == reduction_used(Image.open(io.BytesIO(data)).size, (want.shape[1], want.shape[0])), name
+        np.testing.assert_array_equal(rgb, want, err_msg=name)
+    with pytest.raises(ApiError) as err:
+        imaging.load_rgb(imaging.open_image(_jpegs()[0][1][:2000], MAX_PIXELS), reduction)
+    assert err.value.status == 422
+
+
 # -- the crops of a reduced decode cover exactly the region of the image sent ------------------------------------------
 
 SIGMA = 10.0  # px; wide enough to be measured at 1/8 scale (8 px per decoded pixel)
