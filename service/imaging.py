@@ -66,8 +66,9 @@ def load_rgb(img: Image.Image, reduction: int = 1) -> tuple[np.ndarray, int]:
     original pixels r*i .. r*i + r - 1, so with the pixel-center convention x_reduced = (x + 0.5) / r - 0.5.
     """
     full = img.size
-    if img.format == "JPEG" and img.mode == "RGB" and simplejpeg is not None and isinstance(img.fp, io.BytesIO):
-        return _load_jpeg(img.fp.getvalue(), full, reduction)
+    source = getattr(img, "fp", None)  # the BytesIO open_image gave Pillow, header read, pixels not decoded
+    if img.format == "JPEG" and img.mode == "RGB" and simplejpeg is not None and isinstance(source, io.BytesIO):
+        return _load_jpeg(source.getvalue(), full, reduction)
     if reduction > 1 and img.format == "JPEG":
         # draft picks the largest DCT scale whose result is at least this size: 1/reduction (or less for tiny images).
         img.draft("RGB", (max(1, full[0] // reduction), max(1, full[1] // reduction)))
