@@ -18,9 +18,9 @@ inline int popcount32(std::uint32_t v) { return __builtin_popcount(v); }
 inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
 // Measured with the network's fused epilogue (float output into the residual, PReLU, next layer's bits; 1 thread,
-// amx vs popcount time): 7x7 maps (49 px) 1.3-2.0, 12x12 and 14x14 (144-196 px) 1.0-1.2, 16x16 (256 px) 0.95,
-// 24x24 and larger 0.87-0.90: below about 256 pixels the per-call weight expansion is not paid back.
-std::atomic<std::int64_t> g_amx_min_pixels{256};
+// amx / popcount time): 7x7 maps (49 px) 1.3-1.9, 12x12 (144 px) 1.0, 14x14 (196 px) 0.8-0.9, 16x16 and larger
+// 0.66-0.9: below about 160 pixels the per-call weight expansion is not paid back.
+std::atomic<std::int64_t> g_amx_min_pixels{160};
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 

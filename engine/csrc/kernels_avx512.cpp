@@ -311,15 +311,18 @@ inline void expand_rows(const std::uint64_t* bits, std::int64_t rows, std::int8_
   for (std::int64_t r = 0; r < rows; ++r) _mm512_store_si512(dst + 64 * r, _mm512_mask_blend_epi8(bits[r], plus, minus));
 }
 
-// One step: runs a0 (and a1) x weight blocks w0 (and w1) over every tap and channel chunk, dots into pop[32][32].
-template <bool kTwoRuns, bool kTwoBlocks>
-void amx_step(const std::int8_t* a0, const std::int8_t* a1, std::int64_t a_stride, const std::ptrdiff_t* tap_off,
-              int T, int chunks, const std::int8_t* w0, const std::int8_t* w1, std::int32_t* pop) {
+// One step: runs a0 (and a1) x weight blocks w0 (and w1) over every tap and channel chunk, into accumulator tiles
+// 0-3. Only issued here: after each tap, `between(t)` runs a slice of the previous step's epilogue on the vector
+// units while the matrix unit works through the products (issued all at once, the epilogue would wait behind them
+// in the reorder buffer); amx_store then writes the dots to pop[32][32].
+template <bool kTwoRuns, bool kTwoBlocks, typename Between>
+void amx_issue(const std::int8_t* a0, const std::int8_t* a1, std::int64_t a_stride, const std::ptrdiff_t* tap_off,
+               int T, int chunks, const std::int8_t* w0, const std::int8_t* w1, Between&& between) {
   _tile_zero(0);
   if constexpr (kTwoBlocks) _tile_zero(1);
   if constexpr (kTwoRuns) _tile_zero(2);
   if constexpr (kTwoRuns && kTwoBlocks) _tile_zero(3);
-  for (int t = 0; t < T; ++t)
+  for (int t = 0; t < T; ++t) {
     for (int c = 0; c < chunks; ++c) {
       const std::ptrdiff_t off = tap_off[t] + 64 * c;
       const std::ptrdiff_t wo = (static_cast<std::ptrdiff_t>(t) * chunks + c) * 1024;
@@ -336,10 +339,28 @@ void amx_step(const std::int8_t* a0, const std::int8_t* a1, std::int64_t a_strid
         if constexpr (kTwoBlocks) _tile_dpbssd(3, 5, 7);
       }
     }
+    between(t);
+  }
+}
+
+inline void amx_store(bool two_runs, bool two_blocks, std::int32_t* pop) {
   _tile_stored(0, pop, 128);
-  if constexpr (kTwoBlocks) _tile_stored(1, pop + 16, 128);
-  if constexpr (kTwoRuns) _tile_stored(2, pop + 16 * 32, 128);
-  if constexpr (kTwoRuns && kTwoBlocks) _tile_stored(3, pop + 16 * 32 + 16, 128);
+  if (two_blocks) _tile_stored(1, pop + 16, 128);
+  if (two_runs) _tile_stored(2, pop + 16 * 32, 128);
+  if (two_runs && two_blocks) _tile_stored(3, pop + 16 * 32 + 16, 128);
+}
+
+template <typename Between>
+void amx_issue_any(bool two_runs, bool two_blocks, const std::int8_t* const* a, std::int64_t a_stride,
+                   const std::ptrdiff_t* tap_off, int T, int chunks, const std::int8_t* w0, std::int64_t wtile,
+                   Between&& between) {
+  if (two_runs) {
+    if (two_blocks) amx_issue<true, true>(a[0], a[1], a_stride, tap_off, T, chunks, w0, w0 + wtile, between);
+    else amx_issue<true, false>(a[0], a[1], a_stride, tap_off, T, chunks, w0, nullptr, between);
+  } else {
+    if (two_blocks) amx_issue<false, true>(a[0], nullptr, a_stride, tap_off, T, chunks, w0, w0 + wtile, between);
+    else amx_issue<false, false>(a[0], nullptr, a_stride, tap_off, T, chunks, w0, nullptr, between);
+  }
 }
 
 void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWeights& w, const EpilogueParams& e) {
@@ -414,9 +435,8 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
     const std::int64_t u0 = uc * U / nuc, u1 = (uc + 1) * U / nuc;
     amx_configure();
     alignas(64) std::int32_t pop[32 * 32];
-    alignas(64) std::int32_t gathered[16 * 32];
-    std::int64_t qidx[16];
-    int slot[16];
+    alignas(64) std::int32_t gathered[2][16 * 32];
+    std::int64_t qidx[2][16];
     thread_local std::vector<std::int8_t, AlignedAlloc<std::int8_t>> wbuf;  // two blocks' tiles as bytes
     if (static_cast<std::int64_t>(wbuf.size()) < 2 * wtile) wbuf.resize(static_cast<std::size_t>(2 * wtile));
     for (std::int64_t u = u0; u < u1; ++u) {
@@ -428,45 +448,70 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
                   wbuf.data());
       const int oc0 = g * w.oc_per_group + b * 16;
       const int noc = std::min(32, w.oc_per_group - b * 16);
-      for (std::int64_t pr = pr0; pr < pr1; ++pr) {
-        const std::int8_t* a[2] = {nullptr, nullptr};
-        int oh0[2] = {0, 0}, ow0[2] = {0, 0};  // where each run starts (line: may run on into the next rows)
-        const int nruns = 2 * pr + 1 < runs ? 2 : 1;
-        for (int k = 0; k < nruns; ++k) {
-          const std::int64_t r = 2 * pr + k;
-          oh0[k] = line ? static_cast<int>(16 * r / Wp) : static_cast<int>(r / runs_per_row);
-          ow0[k] = line ? static_cast<int>(16 * r % Wp) : static_cast<int>(r % runs_per_row) * 16;
-          a[k] = ib + (static_cast<std::int64_t>(oh0[k]) * sh * Wp + static_cast<std::int64_t>(ow0[k]) * sw) * Cp;
-        }
-        if (nruns == 2) {
-          if (two_blocks) amx_step<true, true>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
-          else amx_step<true, false>(a[0], a[1], a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
-        } else {
-          if (two_blocks) amx_step<false, true>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, w0 + wtile, pop);
-          else amx_step<false, false>(a[0], nullptr, a_stride, tap_off.data(), T, chunks, w0, nullptr, pop);
-        }
-        for (int k = 0; k < nruns; ++k) {
-          // the run's pixels that are real outputs, in order: (oh, ow) with ow < OW
-          int np = 0;
-          for (int i = 0; i < 16; ++i) {
-            int oh = oh0[k], ow = ow0[k] + i;
-            if (line) {
-              oh += ow / Wp;
-              ow %= Wp;
+      // The runs of a step: where each starts (line: it may run on into the next rows) and how many there are.
+      struct Runs {
+        int n = 0, oh0[2] = {0, 0}, ow0[2] = {0, 0};
+      };
+      // The previous step's epilogue, prepared from pop (each run's real output pixels, ow < OW and oh < OH, in
+      // order, their dot rows gathered when not contiguous), then run in slices of kSlice pixels.
+      constexpr int kSlice = 16;
+      const std::int32_t* dots[2] = {nullptr, nullptr};
+      int npix[2] = {0, 0};
+      int slices = 0, done = 0;
+      auto prepare = [&](const Runs& st) {
+        slices = done = 0;
+        for (int k = 0; k < st.n; ++k) {
+          int np = 0, oh = st.oh0[k], ow = st.ow0[k];
+          int slot[16];
+          for (int i = 0; i < 16; ++i, ++ow) {
+            if (line && ow == Wp) {
+              ow = 0;
+              ++oh;
             }
             if (oh < OH && ow < OW) {
               slot[np] = i;
-              qidx[np++] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
+              qidx[k][np++] = (static_cast<std::int64_t>(n) * OH + oh) * OW + ow;
             }
           }
-          // the epilogue reads pop rows ld apart: gather the real pixels' rows when they are not contiguous
-          const std::int32_t* dots = pop + 16 * k * 32;
+          dots[k] = pop + 16 * k * 32;  // the epilogue reads dot rows 32 apart
           if (np > 0 && slot[np - 1] != np - 1) {
-            for (int i = 0; i < np; ++i) std::memcpy(gathered + i * 32, dots + slot[i] * 32, 32 * sizeof(std::int32_t));
-            dots = gathered;
+            for (int i = 0; i < np; ++i) std::memcpy(gathered[k] + i * 32, dots[k] + slot[i] * 32, 32 * sizeof(std::int32_t));
+            dots[k] = gathered[k];
           }
-          if (np > 0) epilogue_avx512_t<true, 16>(e, dots, 32, nullptr, qidx, np, oc0, noc, 0);
+          npix[k] = np;
         }
+        for (int k = st.n; k < 2; ++k) npix[k] = 0;
+        slices = (npix[0] + kSlice - 1) / kSlice + (npix[1] + kSlice - 1) / kSlice;
+      };
+      auto slice = [&](int i) {  // slice i: run 0's slices first, then run 1's
+        const int s0 = (npix[0] + kSlice - 1) / kSlice;
+        const int k = i < s0 ? 0 : 1, p0 = (i < s0 ? i : i - s0) * kSlice, np = std::min(kSlice, npix[k] - p0);
+        epilogue_avx512_t<true, kSlice>(e, dots[k] + p0 * 32, 32, nullptr, qidx[k] + p0, np, oc0, noc, 0);
+      };
+      auto between = [&](int t) {  // spread the slices over the taps; the last tap takes what is left
+        const int until = t + 1 == T ? slices : std::min(slices, (t + 1) * slices / T + 1);
+        for (; done < until; ++done) slice(done);
+      };
+      Runs prev;
+      for (std::int64_t pr = pr0; pr < pr1; ++pr) {
+        Runs cur;
+        const std::int8_t* a[2] = {nullptr, nullptr};
+        cur.n = 2 * pr + 1 < runs ? 2 : 1;
+        for (int k = 0; k < cur.n; ++k) {
+          const std::int64_t r = 2 * pr + k;
+          cur.oh0[k] = line ? static_cast<int>(16 * r / Wp) : static_cast<int>(r / runs_per_row);
+          cur.ow0[k] = line ? static_cast<int>(16 * r % Wp) : static_cast<int>(r % runs_per_row) * 16;
+          a[k] = ib + (static_cast<std::int64_t>(cur.oh0[k]) * sh * Wp + static_cast<std::int64_t>(cur.ow0[k]) * sw) * Cp;
+        }
+        if (prev.n > 0) prepare(prev);
+        else slices = done = 0;
+        amx_issue_any(cur.n == 2, two_blocks, a, a_stride, tap_off.data(), T, chunks, w0, wtile, between);
+        amx_store(cur.n == 2, two_blocks, pop);
+        prev = cur;
+      }
+      if (prev.n > 0) {
+        prepare(prev);
+        for (; done < slices; ++done) slice(done);
       }
     }
     _tile_release();
