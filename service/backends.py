@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +39,23 @@ class LoadOptions:
     threads: int = 0
     seed: int = 0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # models.build overrides per model
+    # The network runs in an inference process beside the server's (service/isolation.py), which needs a core of its
+    # own for HTTP, decoding and cropping.
+    beside_server: bool = False
+
+
+def packed_threads(options: LoadOptions) -> int | None:
+    """The packed runtime's threads: as configured (threads, else BINPOSE_THREADS), else, beside the server, all CPUs
+    but one. The runtime spreads a batch's images over Python threads that share one GIL between layers; beside a
+    busy server they compete with it for the cores as well (sbpn-r18 128x96, 8 clients, 2 CPUs: 300-314 req/s with
+    2 threads, 320-338 with 1). None: the engine's default (all CPUs)."""
+    if options.threads > 0:
+        return options.threads
+    if os.environ.get("BINPOSE_THREADS"):
+        return int(os.environ["BINPOSE_THREADS"])
+    if options.beside_server:
+        return max(1, (os.cpu_count() or 1) - 1)
+    return None
 
 
 @dataclass
@@ -327,7 +345,7 @@ def load_packed(name: str, options: LoadOptions) -> LoadedModel:
     import engine
 
     _set_torch_threads(options.threads)
-    packed = engine.load(str(path), options.threads or None)
+    packed = engine.load(str(path), packed_threads(options))
     entry = _manifest_entry(name, options)
     spec = packed.spec if isinstance(packed.spec, ModelSpec) else ModelSpec.from_dict(dict(packed.spec))
     return LoadedModel(

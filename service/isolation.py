@@ -225,7 +225,7 @@ class ChildProcessInfer:
 def load_in_child(name: str, backend: str, options: LoadOptions) -> LoadedModel:
     """`load_model` in a child process: the same LoadedModel, whose infer sends each batch to that process."""
     started = time.perf_counter()
-    child = ChildProcessInfer(name, backend, options)
+    child = ChildProcessInfer(name, backend, dataclasses.replace(options, beside_server=True))
     fields = child.start()
     loaded = LoadedModel(infer=child, **fields)
     loaded.load_seconds = time.perf_counter() - started  # the whole start: process, imports and loading

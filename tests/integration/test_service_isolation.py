@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service import isolation
 from service.backends import LoadOptions, load_model
 from service.isolation import ChildProcessInfer, load_in_child
 
@@ -131,3 +132,28 @@ def test_loading_errors_come_back_as_they_are(tmp_path: Path) -> None:
         load_in_child(MODEL, "no-such-backend", options(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"resnet18-small\.bnn does not exist"):
         load_in_child(MODEL, "packed", options(tmp_path))
+
+
+def test_packed_threads_leave_the_server_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed runtime's threads: configured ones win (setting, then BINPOSE_THREADS); beside the server, all CPUs
+    but one; in the server's own process, the engine's default; and a model loaded in a child is loaded beside it."""
+    from service.backends import packed_threads
+
+    monkeypatch.delenv("BINPOSE_THREADS", raising=False)
+    cpus = os.cpu_count() or 1
+    assert packed_threads(LoadOptions(threads=3, beside_server=True)) == 3
+    assert packed_threads(LoadOptions(beside_server=True)) == max(1, cpus - 1)
+    assert packed_threads(LoadOptions()) is None
+    monkeypatch.setenv("BINPOSE_THREADS", "5")
+    assert packed_threads(LoadOptions(beside_server=True)) == 5
+
+    class Started(Exception):  # stands in for the child process: what matters is the options it would get
+        pass
+
+    def start_child(name: str, backend: str, opts: LoadOptions) -> None:
+        raise Started(opts)
+
+    monkeypatch.setattr(isolation, "ChildProcessInfer", start_child)
+    with pytest.raises(Started) as started:
+        load_in_child(MODEL, "packed", LoadOptions())
+    assert started.value.args[0].beside_server
