@@ -453,17 +453,17 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
         int n = 0, oh0[2] = {0, 0}, ow0[2] = {0, 0};
       };
       // The previous step's epilogue, prepared from pop (each run's real output pixels, ow < OW and oh < OH, in
-      // order, their dot rows gathered when not contiguous), then run in slices of kSlice pixels.
-      constexpr int kSlice = 16;
+      // order, their dot rows gathered when not contiguous), then run one run at a time between the taps of the
+      // next step: run 0 after its first tap, run 1 after its middle tap (`between`), what is left after the last.
       const std::int32_t* dots[2] = {nullptr, nullptr};
       int npix[2] = {0, 0};
-      int slices = 0, done = 0;
+      int done = 2;
+      const int second = T / 2;
       auto prepare = [&](const Runs& st) {
-        slices = done = 0;
-        for (int k = 0; k < st.n; ++k) {
+        for (int k = 0; k < 2; ++k) {
           int np = 0, oh = st.oh0[k], ow = st.ow0[k];
           int slot[16];
-          for (int i = 0; i < 16; ++i, ++ow) {
+          for (int i = 0; k < st.n && i < 16; ++i, ++ow) {
             if (line && ow == Wp) {
               ow = 0;
               ++oh;
@@ -480,17 +480,15 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
           }
           npix[k] = np;
         }
-        for (int k = st.n; k < 2; ++k) npix[k] = 0;
-        slices = (npix[0] + kSlice - 1) / kSlice + (npix[1] + kSlice - 1) / kSlice;
+        done = 0;
       };
-      auto slice = [&](int i) {  // slice i: run 0's slices first, then run 1's
-        const int s0 = (npix[0] + kSlice - 1) / kSlice;
-        const int k = i < s0 ? 0 : 1, p0 = (i < s0 ? i : i - s0) * kSlice, np = std::min(kSlice, npix[k] - p0);
-        epilogue_avx512_t<true, kSlice>(e, dots[k] + p0 * 32, 32, nullptr, qidx[k] + p0, np, oc0, noc, 0);
+      auto finish_run = [&]() {
+        if (npix[done] > 0) epilogue_avx512_t<true, 16>(e, dots[done], 32, nullptr, qidx[done], npix[done], oc0, noc, 0);
+        ++done;
       };
-      auto between = [&](int t) {  // spread the slices over the taps; the last tap takes what is left
-        const int until = t + 1 == T ? slices : std::min(slices, (t + 1) * slices / T + 1);
-        for (; done < until; ++done) slice(done);
+      auto between = [&](int t) {
+        if (done == 0 && t == 0) finish_run();
+        if (done == 1 && t == second) finish_run();
       };
       Runs prev;
       for (std::int64_t pr = pr0; pr < pr1; ++pr) {
@@ -504,14 +502,14 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
           a[k] = ib + (static_cast<std::int64_t>(cur.oh0[k]) * sh * Wp + static_cast<std::int64_t>(cur.ow0[k]) * sw) * Cp;
         }
         if (prev.n > 0) prepare(prev);
-        else slices = done = 0;
         amx_issue_any(cur.n == 2, two_blocks, a, a_stride, tap_off.data(), T, chunks, w0, wtile, between);
+        while (done < 2) finish_run();
         amx_store(cur.n == 2, two_blocks, pop);
         prev = cur;
       }
       if (prev.n > 0) {
         prepare(prev);
-        for (; done < slices; ++done) slice(done);
+        while (done < 2) finish_run();
       }
     }
     _tile_release();
