@@ -222,14 +222,13 @@ void float_conv_output_size(FloatConvGeometry& g) {
   g.OW = (wp - ew) / g.sw + 1;
 }
 
-namespace {
-
-// The conv's arguments over its input, zero-padded into `xp` when the geometry pads, so the kernel never tests bounds.
-FloatConvArgs conv_args(const char* op, const float* x, const FloatConvGeometry& g, const float* w, const float* bias,
-                        const ChannelAct& act, float* out, std::vector<float>& xp) {
+void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& act,
+                  float* out) {
   const IsaTable& isa = active_isa();
-  if (!isa.float_conv_rows) throw std::runtime_error(std::string(op) + ": not available on ISA " + isa.name);
+  if (!isa.float_conv_rows) throw std::runtime_error(std::string("float_conv2d: not available on ISA ") + isa.name);
   const int Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, C = g.Cin;
+  // With padding, a zero-padded copy of the input, so the kernel never tests bounds.
+  std::vector<float> xp;
   if (g.pt || g.pl || g.pb || g.pr) {
     xp.assign(static_cast<std::size_t>(g.N) * Hp * Wp * C, 0.0f);
     for (int n = 0; n < g.N; ++n)
@@ -237,17 +236,8 @@ FloatConvArgs conv_args(const char* op, const float* x, const FloatConvGeometry&
         std::memcpy(xp.data() + ((static_cast<std::size_t>(n) * Hp + h + g.pt) * Wp + g.pl) * C,
                     x + ((static_cast<std::size_t>(n) * g.H + h) * g.W) * C, sizeof(float) * g.W * C);
   }
-  return FloatConvArgs{xp.empty() ? x : xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC,
-                       g.OCp, w, bias, act, out};
-}
-
-}  // namespace
-
-void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& act,
-                  float* out) {
-  std::vector<float> xp;
-  const FloatConvArgs a = conv_args("float_conv2d", x, g, w, bias, act, out, xp);
-  const IsaTable& isa = active_isa();
+  FloatConvArgs a{xp.empty() ? x : xp.data(), Hp, Wp, C, g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.OH, g.OW, g.OC, g.OCp,
+                  w, bias, act, out};
   const std::int64_t rows = static_cast<std::int64_t>(g.N) * g.OH;
   const std::int64_t tasks = std::min<std::int64_t>(rows, 8 * static_cast<std::int64_t>(get_threads()));
   const std::int64_t chunk = ceil_div(rows, tasks);

@@ -328,9 +328,9 @@ Out<float, 4> py_sum_upsampled(std::vector<Float4> xs, std::vector<Float4> ups, 
   return out;
 }
 
-binpose::FloatConvGeometry float_conv_geometry(const Float4& x, const In<float, 4>& w, const Vec& bias,
-                                               int out_channels, const std::vector<int>& stride,
-                                               const std::vector<int>& padding, const std::vector<int>& dilation) {
+Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
+                              std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
+                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("float_conv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
   binpose::FloatConvGeometry g{};
@@ -354,13 +354,6 @@ binpose::FloatConvGeometry float_conv_geometry(const Float4& x, const In<float, 
   g.dh = dilation[0];
   g.dw = dilation[1];
   binpose::float_conv_output_size(g);
-  return g;
-}
-
-Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
-                              std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
-                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
-  const binpose::FloatConvGeometry g = float_conv_geometry(x, w, bias, out_channels, stride, padding, dilation);
   const binpose::ChannelAct a = channel_act_params("float_conv2d", act, slope, gamma, zeta, static_cast<std::size_t>(g.OC));
   auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW),
                                   static_cast<std::size_t>(g.OC)});
