@@ -61,7 +61,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 def load_rgb(img: Image.Image, reduction: int = 1) -> tuple[np.ndarray, int]:
     """Decode an image from `open_image` -> (RGB uint8 array [H, W, 3], the reduction r actually used).
 
-    A JPEG asked for a reduction of 2, 4 or 8 is decoded at 1/r scale by libjpeg's DCT scaling (Pillow's draft mode),
+    RGB JPEGs are decoded by simplejpeg (`_load_jpeg`), other images by Pillow. A JPEG asked for a reduction of 2, 4 or
+    8 is decoded at 1/r scale by libjpeg's DCT scaling (simplejpeg's minimum size, or Pillow's draft mode),
     which skips most of the decoding work; other formats, and r = 1, decode at full size. Decoded pixel i covers
     original pixels r*i .. r*i + r - 1, so with the pixel-center convention x_reduced = (x + 0.5) / r - 0.5.
     """
