@@ -82,7 +82,7 @@ class _Compiler:
     def __init__(self, bnn: BnnFile) -> None:
         self.t = bnn.tensors
         self.where = "graph"
-        self.dead: set[str] = set()  # values an op may overwrite once their last use (last_use) comes
+        self.reusable: set[str] = set()  # values whose array the op reading them last (last_use) may overwrite
         self.last_use: dict[str, int] = {}
         self.index = 0  # of the op being compiled
 
@@ -130,7 +130,7 @@ class _Compiler:
             if op["type"] == "flatten":
                 src, view = op["inputs"]["x"], op["outputs"]["y"]
                 last[src] = max(last.get(src, 0), last.get(view, 0))
-        self.dead = {n for n in fresh if n in last} if in_place else set()
+        self.reusable = fresh if in_place else set()
         self.last_use = last
         out: list[tuple[str, OpFn]] = []
         k = 0
@@ -182,7 +182,7 @@ class _Compiler:
         weights = kernels.PackedConvWeights(self.arr(op, "weight"), int(a["in_channels_per_group"]), int(a["groups"]))
         thr = self.f32(op, "next_threshold") if o.get("bits") else None
         x, res, y, bits = i["x"], i.get("residual"), o.get("y"), o.get("bits")
-        reuse = res is not None and res in self.dead and self.last_use.get(res) == self.index
+        reuse = res is not None and res in self.reusable and self.last_use.get(res) == self.index
         conv = kernels.BConv(weights, a["stride"], a["padding"], a["dilation"], self.f32(op, "scale"),
                              self.f32(op, "shift"), self.act(op), thr, want_float=y is not None,
                              want_bits=bits is not None)  # fmt: skip
@@ -475,7 +475,7 @@ class PackedModel:
         ``CHUNK_BYTES`` (measured once per input size, on one image)."""
         key = tuple(int(v) for v in x.shape[1:])
         if key not in self._chunks:
-            env = self.values(x[:1])
+            env = self._run(x[:1], self._ops)
             peak = max((v.nbytes for v in env.values() if isinstance(v, np.ndarray)), default=1)
             self._chunks[key] = max(1, CHUNK_BYTES // max(1, peak))
         return self._chunks[key]
