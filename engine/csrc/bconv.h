@@ -66,7 +66,7 @@ struct ConvGeometry {
 void conv_output_size(ConvGeometry& g, const ConvWeights& w);
 
 // On the "amx" ISA, a conv with >= 32 input channels per group runs on the AMX tiles when it has at least this many
-// output pixels (batch included), else on the AVX-512 popcount kernels. Default 100.
+// output pixels (batch included), else on the AVX-512 popcount kernels. Default 160 (bconv.cpp says why).
 void set_amx_min_pixels(std::int64_t n);
 std::int64_t get_amx_min_pixels();
 
