@@ -114,6 +114,8 @@ DEFAULTS: dict[str, Config] = {
                 "color_jitter": 0.2,
                 "occlusion_prob": 0.0,
                 "half_body_prob": 0.0,
+                "shift_factor": 0.0,  # center shift, as a fraction of the box size
+                "grayscale_prob": 0.0,
             },
         },
         "eval": {"flip_test": True, "refine": "dark", "oks_nms": 0.9, "keypoint_score_threshold": 0.2},

@@ -219,6 +219,31 @@ def test_coco_rotation_and_scale_move_keypoints_as_computed(tmp_path: Path) -> N
     assert _peak(s["target"][0]) == tuple(int(round(v)) for v in expected)
 
 
+def test_coco_shift_moves_the_crop_within_its_bound_and_grayscale_gives_luma(tmp_path: Path) -> None:
+    coco, image = _coco_fixture(tmp_path)
+    off = {"scale_factor": 0.0, "rotation_prob": 0.0, "color_jitter": 0.0, "hflip": False}
+    ds = _dataset(tmp_path, coco, train=True, augment={**off, "shift_factor": 0.2, "grayscale_prob": 1.0})
+    centers = []
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        c = s["center"].numpy()
+        centers.append(c)
+        # The box is 96x128 (padding 1): the center moves by at most 0.2 of it on each axis.
+        assert abs(c[0] - 148.5) <= 0.2 * 96 + 1e-9 and abs(c[1] - 114.5) <= 0.2 * 128 + 1e-9
+        # Keypoints follow the shifted crop: the nose sits at (11, 10) of the unshifted heatmap, 4 pixels per cell.
+        expected = np.array([11.0, 10.0]) - (c - np.array([148.5, 114.5])) / 4.0
+        np.testing.assert_allclose(s["keypoints"][0, :2].numpy(), expected, atol=1e-4)
+        # Grey scale: every channel holds the same luma, 0.299 R + 0.587 G + 0.114 B of the crop's pixels.
+        crop = s["image"].numpy()
+        assert np.array_equal(crop[0], crop[1]) and np.array_equal(crop[1], crop[2])
+    assert np.ptp(np.array(centers), axis=0).min() > 5.0  # it does move
+    # Integer shift of the crop (the center lands on whole pixels only by chance): check luma on the unshifted one.
+    still = _dataset(tmp_path, coco, train=True, augment={**off, "grayscale_prob": 1.0})[0]["image"].numpy()
+    luma = image[51 : 51 + 128, 101 : 101 + 96].astype(np.float64) @ [0.299, 0.587, 0.114] / 255.0
+    np.testing.assert_allclose(still[0], luma, atol=1e-5)
+
+
 def test_coco_repeat_and_image_cache(tmp_path: Path) -> None:
     coco, image = _coco_fixture(tmp_path)
     aug = {"scale_factor": 0.3, "rotation": 30.0, "rotation_prob": 1.0, "hflip": True}

@@ -5,8 +5,10 @@ detections file in COCO results format (``[{"image_id", "category_id": 1, "bbox"
 is clipped to the image, expanded to the input's aspect ratio and padded (``models.keypoints.box_to_center_scale``).
 
 Training augmentation: random scale (x clip(1 + N(0, sf), 1 - sf, 1 + sf)), rotation (clip(N(0, r), -2r, 2r) with
-probability ``rotation_prob``), horizontal flip with the spec's flip pairs, half-body crops, colour jitter
-(brightness, contrast, saturation) and occlusion (a random rectangle of noise). Targets: Gaussian heatmaps at the
+probability ``rotation_prob``), a shift of the box center (uniform, up to ``shift_factor`` x the box's size on each axis,
+as a detector's off-center boxes), horizontal flip with the spec's flip pairs, half-body crops, colour jitter
+(brightness, contrast, saturation), grey scale (with probability ``grayscale_prob``; black-and-white photos) and
+occlusion (a random rectangle of noise). Targets: Gaussian heatmaps at the
 heatmap size and a per-keypoint weight (1 if labeled, v > 0, and inside the crop; else 0).
 """
 
@@ -38,7 +40,8 @@ from models.spec import COCO_FLIP_PAIRS
 logger = logging.getLogger(__name__)
 
 DEFAULT_AUGMENT: dict[str, Any] = {"scale_factor": 0.35, "rotation": 45.0, "rotation_prob": 0.6, "hflip": True,
-                                   "color_jitter": 0.2, "occlusion_prob": 0.0, "half_body_prob": 0.0}  # fmt: skip
+                                   "color_jitter": 0.2, "occlusion_prob": 0.0, "half_body_prob": 0.0,
+                                   "shift_factor": 0.0, "grayscale_prob": 0.0}  # fmt: skip
 UPPER_BODY = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 
 
@@ -217,6 +220,8 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
                     center, scale = half
             sf, rf = float(aug["scale_factor"]), float(aug["rotation"])
             scale = scale * float(np.clip(rng.normal() * sf + 1.0, 1.0 - sf, 1.0 + sf))
+            if aug["shift_factor"] > 0:  # the box's size is the padded scale / padding
+                center = center + rng.uniform(-1.0, 1.0, 2) * float(aug["shift_factor"]) * scale / self.padding
             if rng.random() < float(aug["rotation_prob"]):
                 rot = float(np.clip(rng.normal() * rf, -2.0 * rf, 2.0 * rf))
             if aug["hflip"] and rng.random() < 0.5:
@@ -230,6 +235,8 @@ class CocoKeypoints(Dataset[dict[str, Tensor]]):
         if self.train:
             if aug["color_jitter"] > 0:
                 crop = self._color_jitter(crop, rng, float(aug["color_jitter"]))
+            if aug["grayscale_prob"] > 0 and rng.random() < aug["grayscale_prob"]:
+                crop = np.repeat(crop @ np.array([0.299, 0.587, 0.114], np.float32)[:, None], crop.shape[2], axis=2)
             if aug["occlusion_prob"] > 0 and rng.random() < aug["occlusion_prob"]:
                 oh, ow = int(rng.uniform(0.1, 0.4) * in_h), int(rng.uniform(0.1, 0.4) * in_w)
                 y, x = int(rng.integers(0, in_h - oh + 1)), int(rng.integers(0, in_w - ow + 1))
