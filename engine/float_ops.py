@@ -25,7 +25,8 @@ from engine.kernels import PReLU, ReLU, RPReLU, act_args
 FloatArray = npt.NDArray[np.float32]
 
 __all__ = ["ReLU", "Activation", "channel_act", "max_pool2d", "max_pool2d_pack", "avg_pool2d", "sum_upsampled",
-           "upsample_nearest", "pool_output_size", "DirectConvWeights", "has_direct_conv", "direct_conv2d"]  # fmt: skip
+           "upsample_nearest", "pool_output_size", "DirectConvWeights", "has_direct_conv", "has_direct_conv_bf16",
+           "direct_conv2d", "bf16_split"]  # fmt: skip
 
 
 Activation = ReLU | PReLU | RPReLU | None
@@ -131,11 +132,29 @@ def upsample_nearest(x: npt.ArrayLike, factor: int) -> FloatArray:
     return np.asarray(_native.upsample_nearest(_nhwc("upsample_nearest", x), int(factor)))
 
 
+def bf16_split(x: npt.ArrayLike) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]]:
+    """``hi = bf16(x)``, ``lo = bf16(x - hi)`` as bf16 bit patterns (round to nearest even; finite float32 values):
+    ``hi + lo`` is ``x`` to about 2^-16 relative."""
+    v = np.ascontiguousarray(x, dtype=np.float32)
+
+    def rne(f: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+        b = f.view(np.uint32).astype(np.uint64)
+        return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+    hi = rne(v)
+    lo = rne(v - (hi.astype(np.uint32) << 16).view(np.float32))
+    return hi, lo
+
+
 class DirectConvWeights:
     """Float conv weights laid out for :func:`direct_conv2d`: ``[KH, KW, Cin, OCp]`` with the output channels padded
-    to a multiple of 16, plus the bias padded the same way. Built once from OIHW weights (groups 1)."""
+    to a multiple of 16, plus the bias padded the same way. Built once from OIHW weights (groups 1).
 
-    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None) -> None:
+    With ``bf16`` (default), where the kernels have the AMX-BF16 conv and a kernel row of input channels fits one tile
+    row (12 to 32 values: the stems that see RGB pixels), also ``bf16``: the weights as AMX tiles ``[chunks, OCp / 16, hi|lo, 16, 32]``
+    (K = KH x KW x Cin values in chunks of 32, as bf16 pairs per row, 16 output channels per tile), ``None`` otherwise."""
+
+    def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, bf16: bool = True) -> None:
         w = np.asarray(weight, dtype=np.float32)
         if w.ndim != 4:
             raise ValueError(f"DirectConvWeights: expected OIHW weights, got shape {w.shape}")
@@ -147,11 +166,29 @@ class DirectConvWeights:
         if bias is not None:
             b[:o] = np.asarray(bias, dtype=np.float32).reshape(-1)
         self.weight, self.bias, self.out_channels, self.in_channels = packed, b, o, i
+        use = bf16 and 12 <= kw * i <= 32 and has_direct_conv_bf16()
+        self.bf16 = _bf16_tiles(packed) if use else None
+
+
+def _bf16_tiles(packed: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    kh, kw, i, ocp = packed.shape
+    chunks = (kh * kw * i + 31) // 32
+    rows = np.zeros((chunks * 32, ocp), np.float32)  # K in (ky, kx, ci) order, zero rows up to whole chunks
+    rows[: kh * kw * i] = packed.reshape(kh * kw * i, ocp)
+    # [chunk][16 pairs][2][ocp / 16 blocks][16 channels] -> [chunk][block][pair][channel][2]: a 64-byte row per pair
+    tiles = rows.reshape(chunks, 16, 2, ocp // 16, 16).transpose(0, 3, 1, 4, 2).reshape(chunks, ocp // 16, 16, 32)
+    hi, lo = bf16_split(tiles)
+    return np.ascontiguousarray(np.stack([hi, lo], axis=2))
 
 
 def has_direct_conv() -> bool:
     """Whether the active ISA has :func:`direct_conv2d` (AVX-512 today); otherwise use a library conv."""
     return bool(_native.has_float_conv())
+
+
+def has_direct_conv_bf16() -> bool:
+    """Whether the active ISA runs :func:`direct_conv2d` on AMX-BF16 tiles (for weights with ``bf16`` tiles)."""
+    return bool(_native.has_float_conv_bf16())
 
 
 def direct_conv2d(
@@ -167,5 +204,5 @@ def direct_conv2d(
     code, slope, gamma, zeta = act_args(act, None, "direct_conv2d")
     return np.asarray(
         _native.float_conv2d(a, weights.weight, weights.bias, weights.out_channels, _pair("stride", stride), p,
-                             _pair("dilation", dilation), code, slope, gamma, zeta)
+                             _pair("dilation", dilation), code, slope, gamma, zeta, weights.bf16)
     )  # fmt: skip

@@ -3,7 +3,8 @@
 Needs only the .bnn file: it never imports ``models`` or traces anything. Every value between two ops stays in NHWC:
 float tensors as C-contiguous float32 numpy arrays, bits as ``kernels.PackedActivations``. Binary convs (with their
 fused epilogue) run in the packed kernels (``engine.kernels``); the float glue (pooling, branch sums, upsampling,
-activations, the stems' direct conv) runs in the native float ops (``engine.float_ops``) on the same thread pool;
+activations, the stems' direct conv, on AMX-BF16 tiles where the CPU has them unless ``BINPOSE_STEM_BF16=0``) runs in
+the native float ops (``engine.float_ops``) on the same thread pool;
 what remains for torch (1x1 convs as one GEMM, other float convs, the classifier) sees zero-copy channels-last views.
 
 Threads: the binary kernels run on their own pool (``num_threads``, default ``BINPOSE_THREADS`` or all CPUs); torch's
@@ -39,6 +40,15 @@ OpFn = Callable[[Env], None]
 # here (2 MiB); found by timing batches 1, 4 and 8 of sbpn-r18 at 128x96 and 256x192 (runs in chunks: 128x96 -> 4,
 # 256x192 -> 1).
 CHUNK_BYTES = 3 << 20
+
+
+def stem_bf16() -> bool:
+    """Whether float convs with few input channels (the stems) may run on AMX-BF16 tiles with three bf16 products
+    per term (about 1e-5 relative error against FP32's 1e-7; docs/engine.md): ``BINPOSE_STEM_BF16``, default 1."""
+    value = os.environ.get("BINPOSE_STEM_BF16", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ValueError(f"BINPOSE_STEM_BF16 must be 0 or 1, got {value!r}")
+    return value in ("1", "true", "yes", "on")
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -204,10 +214,12 @@ class _Compiler:
         x, y = i["x"], o["y"]
         # The engine's register-tiled direct conv, activation fused in its epilogue: measured in the networks, it beats
         # torch's calls for the stems and the many small 1x1 convs (bhrnet-w32 b1 t1: 10.4-12.0 -> 8.7-9.7 ms over
-        # three alternating runs), and loses a little only on ResNet's bare 7x7 stem (both near the FMA ceiling).
-        small = act is not None or wn.shape[2] * wn.shape[3] <= 9
-        if groups == 1 and float_ops.has_direct_conv() and small:
-            dw = float_ops.DirectConvWeights(wn, bn)
+        # three alternating runs), and loses a little only on ResNet's bare 7x7 stem in FP32 (both near the FMA
+        # ceiling); on AMX-BF16 tiles (3-channel stems, float_conv_amx.cpp; BINPOSE_STEM_BF16=0 keeps them in FP32) it
+        # beats torch there too.
+        direct = groups == 1 and float_ops.has_direct_conv()
+        dw = float_ops.DirectConvWeights(wn, bn, bf16=stem_bf16()) if direct else None
+        if dw is not None and (act is not None or wn.shape[2] * wn.shape[3] <= 9 or dw.bf16 is not None):
 
             def run_direct(env: Env) -> None:
                 env[y] = float_ops.direct_conv2d(env[x], dw, stride, padding, dilation, act)

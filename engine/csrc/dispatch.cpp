@@ -57,6 +57,14 @@ bool cpu_has_amx() {
   return granted;
 }
 
+bool cpu_has_amx_bf16() {
+#if defined(BINPOSE_HAVE_AMX_BF16)
+  return cpu_has_amx() && __builtin_cpu_supports("amx-bf16") != 0;
+#else
+  return false;
+#endif
+}
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
   if (cpu_has_amx()) out.emplace_back("amx");

@@ -15,5 +15,7 @@ void set_isa(const std::string& name);                 // throws std::invalid_ar
 // AMX-INT8 present and usable: the CPU has it, the build has the kernels and Linux granted this process the tile
 // state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once).
 bool cpu_has_amx();
+// cpu_has_amx() and the CPU also has AMX-BF16 (and the build its kernel).
+bool cpu_has_amx_bf16();
 
 }  // namespace binpose

@@ -208,6 +208,8 @@ void upsample_nearest(const float* x, int N, int H, int W, int C, int f, float* 
 
 bool has_float_conv() { return active_isa().float_conv_rows != nullptr; }
 
+bool has_float_conv_bf16() { return active_isa().float_conv_bf16 != nullptr; }
+
 void float_conv_output_size(FloatConvGeometry& g) {
   if (g.N <= 0 || g.H <= 0 || g.W <= 0 || g.Cin <= 0 || g.OC <= 0)
     throw std::invalid_argument("float_conv2d: empty input or no output channels");
@@ -223,9 +225,10 @@ void float_conv_output_size(FloatConvGeometry& g) {
 }
 
 void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& act,
-                  float* out) {
+                  float* out, const std::uint16_t* bf16) {
   const IsaTable& isa = active_isa();
   if (!isa.float_conv_rows) throw std::runtime_error(std::string("float_conv2d: not available on ISA ") + isa.name);
+  if (bf16 && isa.float_conv_bf16 && isa.float_conv_bf16(x, g, bf16, bias, act, out)) return;
   const int Hp = g.H + g.pt + g.pb, Wp = g.W + g.pl + g.pr, C = g.Cin;
   // With padding, a zero-padded copy of the input, so the kernel never tests bounds.
   std::vector<float> xp;

@@ -56,9 +56,13 @@ struct FloatConvGeometry {
 bool has_float_conv();
 // Fills g.OH, g.OW; throws std::invalid_argument for a bad geometry.
 void float_conv_output_size(FloatConvGeometry& g);
+// Whether the active ISA runs float_conv2d on AMX-BF16 tiles when given `bf16` weight tiles.
+bool has_float_conv_bf16();
 // out [N][OH][OW][OC] = act(conv(x, w) + bias) for NHWC x; w [KH][KW][Cin][OCp], bias [OCp] (zero past OC).
+// With `bf16` (the same weights as AMX-BF16 tiles, kernels.h) the AMX-BF16 kernel runs where the ISA and the
+// geometry allow it, otherwise the FP32 kernel.
 void float_conv2d(const float* x, const FloatConvGeometry& g, const float* w, const float* bias, const ChannelAct& a,
-                  float* out);
+                  float* out, const std::uint16_t* bf16 = nullptr);
 
 // Nearest upsampling by an integer factor: out [N][H*f][W*f][C].
 void upsample_nearest(const float* x, int N, int H, int W, int C, int f, float* out);

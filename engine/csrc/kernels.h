@@ -54,6 +54,16 @@ struct FloatConvArgs {
 // Computes output rows [r0, r1) (row r = n * OH + oh).
 using FloatConvRowsFn = void (*)(const FloatConvArgs& a, std::int64_t r0, std::int64_t r1);
 
+// The direct float conv on AMX-BF16 tiles (float_conv_amx.cpp), for the same convs with KW * Cin <= 32 and dilation
+// 1 along the width: x unpadded NHWC, bf16 the B tiles made by engine.float_ops.DirectConvWeights
+// ([ceil(KH * KW * Cin / 32)][OCp / 16][hi, lo][16][32]). Returns false, computing nothing, for a geometry it does not take.
+using FloatConvBf16Fn = bool (*)(const float* x, const FloatConvGeometry& g, const std::uint16_t* bf16,
+                                 const float* bias, const ChannelAct& a, float* out);
+#if defined(BINPOSE_HAVE_AMX_BF16)
+bool float_conv_amx_bf16(const float* x, const FloatConvGeometry& g, const std::uint16_t* bf16, const float* bias,
+                         const ChannelAct& a, float* out);
+#endif
+
 struct ConvGeometry;
 struct ConvWeights;
 // A whole binary convolution (bconv2d's contract) run by an ISA's own driver; null: the shared driver + micro-kernel.
@@ -68,6 +78,7 @@ struct IsaTable {
   int max_pixels[5];  // largest npix the micro-kernel accepts (and is tuned for), indexed by nblk (1..4)
   FloatConvRowsFn float_conv_rows = nullptr;  // null: the ISA has none (the runtime then uses torch's conv)
   ConvFn conv = nullptr;                      // set by "amx": convs with >= 32 channels per group run there
+  FloatConvBf16Fn float_conv_bf16 = nullptr;  // set by "amx" where the CPU has AMX-BF16
 };
 
 // Per-ISA tables (defined only where the ISA's file is compiled).

@@ -11,8 +11,13 @@
 #include <memory>
 #include <utility>
 
+#include "act_avx512.h"
 #include "bconv.h"
+#if defined(BINPOSE_HAVE_AMX)
+#include "amx_tiles.h"
+#endif
 #include "bitpack.h"
+#include "dispatch.h"
 #include "kernels.h"
 #include "threadpool.h"
 
@@ -204,30 +209,15 @@ void fconv_tile(const FloatConvArgs& a, const float* row0, int ow0, int oc0, flo
       }
     }
   }
-  const __m512 zero = _mm512_setzero_ps();
   for (int b = 0; b < B; ++b) {
     const int o = oc0 + 16 * b;
     const int cnt = a.OC - o < 16 ? a.OC - o : 16;
     if (cnt <= 0) break;
     const __mmask16 m = static_cast<__mmask16>(cnt == 16 ? 0xFFFFu : (1u << cnt) - 1u);
     const __m512 bias = _mm512_loadu_ps(a.bias + o);
-    __m512 slope = zero, gamma = zero, zeta = zero;
-    if (a.act.act == kActPrelu || a.act.act == kActRprelu) slope = _mm512_maskz_loadu_ps(m, a.act.slope + o);
-    if (a.act.act == kActRprelu) {
-      gamma = _mm512_maskz_loadu_ps(m, a.act.gamma + o);
-      zeta = _mm512_maskz_loadu_ps(m, a.act.zeta + o);
-    }
+    const Act16 act(a.act, o, m);
     for (int p = 0; p < P; ++p) {
-      __m512 y = _mm512_add_ps(acc[p][b], bias);
-      if (a.act.act == kActRelu) {
-        y = _mm512_max_ps(y, zero);
-      } else if (a.act.act == kActPrelu) {
-        y = _mm512_mask_mul_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LE_OQ), y, slope);
-      } else if (a.act.act == kActRprelu) {
-        __m512 t = _mm512_sub_ps(y, gamma);
-        t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LE_OQ), t, slope);
-        y = _mm512_add_ps(t, zeta);
-      }
+      const __m512 y = act(_mm512_add_ps(acc[p][b], bias));
       _mm512_mask_storeu_ps(out_px + static_cast<std::ptrdiff_t>(p) * a.OC + o, m, y);
     }
   }
@@ -280,21 +270,6 @@ void float_conv_rows_avx512(const FloatConvArgs& a, std::int64_t r0, std::int64_
 // A tile = 16 pixels x 64 channels of one tap, row stride = stride_w * channels); a step computes 2 runs x 32 output
 // channels in four accumulator tiles, then the shared epilogue turns the dots into floats and bits.
 namespace {
-
-struct alignas(64) TileConfig {
-  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
-
-void amx_configure() {
-  TileConfig c;
-  for (int i = 0; i < 8; ++i) {
-    c.rows[i] = 16;
-    c.colsb[i] = 64;
-  }
-  _tile_loadconfig(&c);
-}
 
 // 64 channels of packed bits (bit 1 = -1) at bit 0 of `words` -> 64 bytes of +-1, 0 past `valid` channels.
 inline void expand64(const std::uint32_t* words, int valid, std::int8_t* dst) {
@@ -531,6 +506,9 @@ const IsaTable& isa_amx() {
     IsaTable t = isa_avx512();
     t.name = "amx";
     t.conv = &conv_amx;
+#if defined(BINPOSE_HAVE_AMX_BF16)
+    if (cpu_has_amx_bf16()) t.float_conv_bf16 = &float_conv_amx_bf16;
+#endif
     return t;
   }();
   return table;

@@ -330,7 +330,8 @@ Out<float, 4> py_sum_upsampled(std::vector<Float4> xs, std::vector<Float4> ups, 
 
 Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channels, std::vector<int> stride,
                               std::vector<int> padding, std::vector<int> dilation, int act, std::optional<Vec> slope,
-                              std::optional<Vec> gamma, std::optional<Vec> zeta) {
+                              std::optional<Vec> gamma, std::optional<Vec> zeta,
+                              std::optional<In<std::uint16_t, 5>> bf16) {
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("float_conv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
   binpose::FloatConvGeometry g{};
@@ -355,11 +356,19 @@ Out<float, 4> py_float_conv2d(Float4 x, In<float, 4> w, Vec bias, int out_channe
   g.dw = dilation[1];
   binpose::float_conv_output_size(g);
   const binpose::ChannelAct a = channel_act_params("float_conv2d", act, slope, gamma, zeta, static_cast<std::size_t>(g.OC));
+  const std::uint16_t* tiles = nullptr;
+  if (bf16) {
+    const auto& t = *bf16;
+    if (t.shape(0) != (w.shape(0) * w.shape(1) * w.shape(2) + 31) / 32 || t.shape(1) * 16 != w.shape(3) ||
+        t.shape(2) != 2 || t.shape(3) != 16 || t.shape(4) != 32)
+      throw std::invalid_argument("float_conv2d: bf16 tiles must be [ceil(KH * KW * Cin / 32), OCp / 16, 2, 16, 32]");
+    tiles = t.data();
+  }
   auto out = new_array<float, 4>({x.shape(0), static_cast<std::size_t>(g.OH), static_cast<std::size_t>(g.OW),
                                   static_cast<std::size_t>(g.OC)});
   {
     nb::gil_scoped_release release;
-    binpose::float_conv2d(x.data(), g, w.data(), bias.data(), a, out.data());
+    binpose::float_conv2d(x.data(), g, w.data(), bias.data(), a, out.data(), tiles);
   }
   return out;
 }
@@ -430,7 +439,11 @@ NB_MODULE(_native, m) {
   m.def("float_conv2d", &py_float_conv2d, nb::arg("x"), nb::arg("weight"), nb::arg("bias"), nb::arg("out_channels"),
         nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("act") = 0,
         nb::arg("slope").none() = nb::none(), nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
-        "Direct float conv of NHWC x with [KH, KW, Cin, OCp] weights, + bias, activation (few input channels).");
+        nb::arg("bf16").none() = nb::none(),
+        "Direct float conv of NHWC x with [KH, KW, Cin, OCp] weights, + bias, activation (few input channels); "
+        "with bf16 weight tiles [ceil(KH * KW * Cin / 32), OCp / 16, 2, 16, 32] on AMX-BF16 where available.");
+  m.def("has_float_conv_bf16", &binpose::has_float_conv_bf16,
+        "Whether the active ISA runs the direct float conv on AMX-BF16 tiles.");
   m.def("available_isas", &binpose::available_isas, "ISAs usable on this CPU and build, best first.");
   m.def("active_isa", [] { return std::string(binpose::active_isa().name); }, "The ISA the kernels use now.");
   m.def("set_isa", &binpose::set_isa, nb::arg("name"), "Force an ISA (amx | avx512 | avx2 | scalar).");

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,10 +82,10 @@ def _torch_act(t: torch.Tensor, act: float_ops.Activation) -> torch.Tensor:
     if isinstance(act, float_ops.ReLU):
         return torch.relu(t)
     if isinstance(act, kernels.PReLU):
-        return F.prelu(t, torch.from_numpy(act.slope))
+        return F.prelu(t, torch.from_numpy(act.slope).to(t.dtype))
     assert isinstance(act, kernels.RPReLU)
-    g, z = (torch.from_numpy(v).reshape(1, -1, 1, 1) for v in (act.gamma, act.zeta))
-    return F.prelu(t - g, torch.from_numpy(act.slope)) + z
+    g, z = (torch.from_numpy(v).to(t.dtype).reshape(1, -1, 1, 1) for v in (act.gamma, act.zeta))
+    return F.prelu(t - g, torch.from_numpy(act.slope).to(t.dtype)) + z
 
 
 @pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
@@ -172,7 +173,24 @@ DIRECT = [  # Cin, OC, kernel, stride, padding, dilation, (H, W)
     (3, 130, (2, 2), 2, 0, 1, (5, 7)),
     (3, 64, (3, 3), 1, 1, 1, (4, 11)),  # a row's tail of 5 pixels after the 6-pixel tiles
     (3, 32, (3, 3), 1, 1, 1, (5, 15)),  # a tail of 7 after the 8-pixel tiles of two channel blocks
+    # AMX-BF16 path where the CPU has it (KW x Cin of 12 to 32 values): odd widths (partial 16-pixel runs), channel
+    # tails (one block left in the last pass: 40, 130 -> 144), dilation along the height, a 32-value kernel row
+    (3, 40, (7, 7), 2, 3, 1, (45, 37)),
+    (3, 130, (5, 5), 1, 2, 1, (11, 19)),
+    (4, 48, (3, 4), (2, 1), (1, 2, 0, 1), (2, 1), (13, 35)),
+    (4, 16, (2, 8), 1, 0, 1, (6, 40)),
 ]
+
+
+def _conv_reference(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, s: Any, p: Any, d: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv in float64, and its error scale: the conv of |x| with |w| (the sum of the products' magnitudes)."""
+    pt = (p, p, p, p) if isinstance(p, int) else p
+    xt = F.pad(_nchw(x).double(), (pt[1], pt[3], pt[0], pt[2]))
+    wt = torch.from_numpy(w).double()
+    z = F.conv2d(xt, wt, torch.from_numpy(b).double(), s, 0, d)
+    return z, F.conv2d(xt.abs(), wt.abs(), None, s, 0, d)
 
 
 @pytest.mark.skipif(not float_ops.has_direct_conv(), reason="the direct float conv needs AVX-512 (else torch conv runs)")
@@ -185,11 +203,61 @@ def test_direct_conv2d_matches_torch(
     w = rng.standard_normal((oc, cin, *k)).astype(np.float32)
     b = rng.standard_normal(oc).astype(np.float32)
     dw = float_ops.DirectConvWeights(w, b)
-    pt = (p, p, p, p) if isinstance(p, int) else p
-    xt = F.pad(_nchw(x), (pt[1], pt[3], pt[0], pt[2]))
-    z = F.conv2d(xt, torch.from_numpy(w), torch.from_numpy(b), s, 0, d)
+    z, magnitude = _conv_reference(x, w, b, s, p, d)
+    # FP32 products: float rounding. The AMX-BF16 path: three bf16 products per term, off by about 2^-16 of each
+    # product's magnitude (engine/csrc/float_conv_amx.cpp): bounded here by 2^-14 x the sum of |x * w|.
+    bf16 = dw.bf16 is not None
+    assert bf16 == (float_ops.has_direct_conv_bf16() and 12 <= k[1] * cin <= 32)
+    bound = _nhwc(magnitude) * 2.0**-14 + 1e-5 if bf16 else None
     for name, act in _acts(oc):
-        want = _nhwc(_torch_act(z, act))
+        want = _nhwc(_torch_act(z, act)).astype(np.float32)
         got = float_ops.direct_conv2d(x, dw, s, p, d, act)
         assert got.shape == want.shape, name
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+        if bound is None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+        else:  # the activations scale by at most max(1, |slope|)
+            slope = np.abs(getattr(act, "slope", np.ones(oc, np.float32))).max()
+            err = np.abs(got.astype(np.float64) - want)
+            assert (err <= bound * max(1.0, float(slope))).all(), f"{name}: {float((err / bound).max())} x the bound"
+
+
+@pytest.mark.skipif(not float_ops.has_direct_conv_bf16(), reason="needs AMX-BF16 (Sapphire Rapids or later)")
+def test_bf16_stem_is_closer_to_float64_than_bf16_alone_and_avx512_ignores_it() -> None:
+    """The three-product split is ~256x more exact than one bf16 product, and forcing the avx512 kernels (or a
+    geometry the AMX kernel does not take: dilation along the width) runs the FP32 kernel on the same weights."""
+    x = _x((1, 64, 48, 3), 9)
+    w = np.random.default_rng(1).standard_normal((64, 3, 7, 7)).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    dw = float_ops.DirectConvWeights(w, b)
+    assert dw.bf16 is not None and dw.bf16.shape == (5, 4, 2, 16, 32)
+    z, magnitude = _conv_reference(x, w, b, 2, 3, 1)
+    want, scale = _nhwc(z), _nhwc(magnitude)
+    got = float_ops.direct_conv2d(x, dw, 2, 3)
+    hi, _ = float_ops.bf16_split(x)
+    whi, _ = float_ops.bf16_split(w)
+    as_f32 = lambda h: (h.astype(np.uint32) << 16).view(np.float32)  # noqa: E731
+    one_product, _ = _conv_reference(as_f32(hi), as_f32(whi), b, 2, 3, 1)
+    err3 = float((np.abs(got - want) / scale).max())
+    err1 = float((np.abs(_nhwc(one_product) - want) / scale).max())
+    assert err3 < 2.0**-14 and err1 > 64 * err3, (err3, err1)
+    before = kernels.active_isa()
+    try:
+        kernels.set_isa("avx512")
+        fp32 = float_ops.direct_conv2d(x, dw, 2, 3)
+    finally:
+        kernels.set_isa(before)
+    np.testing.assert_allclose(fp32, want, rtol=1e-5, atol=1e-4)
+    assert not np.array_equal(fp32, got)  # a different kernel ran
+    dilated, _ = _conv_reference(x, w, b, 2, 3, (1, 2))
+    np.testing.assert_allclose(float_ops.direct_conv2d(x, dw, 2, 3, (1, 2)), _nhwc(dilated), rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_split_is_round_to_nearest_even() -> None:
+    x = np.array([1.0, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-7 + 2.0**-9, -3.0e-3, 1.0e30], np.float32)
+    hi, lo = float_ops.bf16_split(x)
+    as_f32 = (hi.astype(np.uint32) << 16).view(np.float32)
+    # 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties go to the even mantissa (1.0);
+    # 1 + 3 x 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: the even one is 1 + 2^-6.
+    assert as_f32.tolist()[:4] == [1.0, 1.0, 1.0 + 2.0**-6, 1.0 + 2.0**-7]
+    rest = (lo.astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_allclose(as_f32.astype(np.float64) + rest, x.astype(np.float64), rtol=2.0**-16)

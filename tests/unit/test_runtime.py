@@ -228,3 +228,35 @@ def test_fast_path_fuses_and_reuses_without_touching_input_or_values(tmp_path: P
     for name, v in kept.items():
         if isinstance(v, np.ndarray):
             np.testing.assert_array_equal(v, again[name], err_msg=name)
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_stem_precision_setting(setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BINPOSE_STEM_BF16: the RGB stem on AMX-BF16 tiles (three bf16 products per term: within 2^-14 of the sum of
+    |x * w|, engine/csrc/float_conv_amx.cpp) by default where the CPU has them, in FP32 with 0; both against the
+    stem's folded conv in float64."""
+    monkeypatch.setenv("BINPOSE_STEM_BF16", setting)
+    # monotone PReLU: the packer moves it after the max-pool, so the stem is a bare conv (torch's conv in FP32)
+    model = randomize(models.build("resnet18", input_size=(64, 64)), seed=4, negative_slopes=False)
+    pm = engine.load(pack_model(model, tmp_path / "r.bnn"))
+    op = pm.graph["ops"][0]
+    assert op["type"] == "conv" and op["attrs"]["source"] == "backbone_stem_conv" and op["attrs"]["act"] is None
+    w = torch.from_numpy(pm._bnn.tensors[op["params"]["weight"]]).double()
+    b = torch.from_numpy(pm._bnn.tensors[op["params"]["bias"]]).double()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    got = torch.from_numpy(pm.values(x)[op["outputs"]["y"]]).permute(0, 3, 1, 2).double()
+    a = op["attrs"]
+    want = F.conv2d(x.double(), w, b, a["stride"], a["padding"])
+    magnitude = F.conv2d(x.double().abs(), w.abs(), b.abs(), a["stride"], a["padding"])  # the error's scale
+    rel = float(((got - want).abs() / magnitude).max())
+    bf16 = setting == "1" and engine.float_ops.has_direct_conv_bf16()
+    assert rel < (2.0**-14 if bf16 else 2.0**-20), rel
+    if bf16:
+        assert rel > 2.0**-22  # the bf16 products did run (FP32 sums are ~100x closer)
+
+
+def test_stem_precision_setting_rejects_other_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = pack_model(randomize(models.build("resnet18", input_size=(64, 64)), seed=4), tmp_path / "r.bnn")
+    monkeypatch.setenv("BINPOSE_STEM_BF16", "fast")
+    with pytest.raises(ValueError, match="BINPOSE_STEM_BF16 must be 0 or 1"):
+        engine.load(path)
