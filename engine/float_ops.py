@@ -151,8 +151,9 @@ class DirectConvWeights:
     to a multiple of 16, plus the bias padded the same way. Built once from OIHW weights (groups 1).
 
     With ``bf16`` (default), where the kernels have the AMX-BF16 conv and a kernel row of input channels fits one tile
-    row (12 to 32 values: the stems that see RGB pixels), also ``bf16``: the weights as AMX tiles ``[chunks, OCp / 16, hi|lo, 16, 32]``
-    (K = KH x KW x Cin values in chunks of 32, as bf16 pairs per row, 16 output channels per tile), ``None`` otherwise."""
+    row (12 to 32 values: the stems that see RGB pixels), also ``bf16``: the weights as AMX tiles
+    ``[chunks, OCp / 16, hi|lo, 16, 32]`` (K = KH x KW x Cin values in chunks of 32, as bf16 pairs per row, 16 output
+    channels per tile); ``None`` otherwise."""
 
     def __init__(self, weight: npt.ArrayLike, bias: npt.ArrayLike | None = None, bf16: bool = True) -> None:
         w = np.asarray(weight, dtype=np.float32)
