@@ -4,8 +4,9 @@
 // FP32 accuracy from bf16 products: each value is split into hi = bf16(v) and lo = bf16(v - hi), and
 // x * w = xh * wh + xh * wl + xl * wh (+ xl * wl, about 2^-16 of the product, dropped). Each bf16 x bf16 product is
 // exact in FP32 and TDPBF16PS accumulates in FP32, so a sum of K products is off from the FP32 sum by about
-// 2^-16 x the sum of |x * w| (1e-5 relative; FP32's own rounding adds 2^-24 per addition): far below what changes
-// a sign the network takes, and three matrix products on the tiles cost a fraction of the FMAs.
+// 2^-16 x the sum of |x * w| (1e-5 relative; FP32's own rounding adds 2^-24 per addition). Small, but a binary
+// network downstream turns differences next to a sign threshold into flipped bits (docs/engine.md has the measured
+// effect), hence BINPOSE_STEM_BF16=0; three matrix products on the tiles cost a fraction of the FMAs.
 //
 // Layout: the input is split once into zero-bordered hi and lo images [N][Hp][row] of bf16. A run of 16 consecutive
 // output pixels of one row is gathered into A rows of K = KH * KW * Cin values in (ky, kx, ci) order, zero-padded
