@@ -2,12 +2,14 @@
 
 The pixel limit is checked on the size the header declares, before any pixel is decoded, so a small file that declares
 50000x50000 pixels costs nothing. A JPEG whose pixels will only be shrunk can be decoded at 1/2, 1/4 or 1/8 scale
-(`load_rgb`), which costs a fraction of the full decode.
+(`load_rgb`), which costs a fraction of the full decode; where the crops are known before decoding, only the window of
+the JPEG under them is decoded (`load_rgb_window`, libjpeg-turbo through service._jpeg).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import cv2
@@ -18,6 +20,11 @@ try:  # libjpeg-turbo without Pillow's chunked decode loop: the same pixels in a
     import simplejpeg
 except ImportError:  # a platform without its wheel: Pillow decodes every JPEG
     simplejpeg = None
+
+try:  # service/csrc/jpeg_region.cpp, built where libjpeg-turbo's headers are found (CMakeLists.txt)
+    from service import _jpeg
+except ImportError:  # not built: every JPEG is decoded whole
+    _jpeg = None  # type: ignore[assignment]
 
 from models.spec import ModelSpec
 from service.errors import ApiError
@@ -94,6 +101,42 @@ def _load_jpeg(data: bytes, full: tuple[int, int], reduction: int) -> tuple[np.n
     except (ValueError, RuntimeError) as exc:
         raise ApiError(422, "undecodable_image", f"the JPEG image cannot be decoded: {exc}") from None
     return rgb, reduction_used(full, (rgb.shape[1], rgb.shape[0]))
+
+
+def has_window_decode() -> bool:
+    """Whether service._jpeg (JPEG windows with libjpeg-turbo) was built."""
+    return _jpeg is not None
+
+
+def load_rgb_window(
+    img: Image.Image, reduction: int, rect: tuple[float, float, float, float], margin: int = 2
+) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """Decode only the window of an RGB JPEG that holds `rect` = (x1, y1, x2, y2), a rectangle in pixels of the image
+    sent (the union of the crops' regions), at 1/reduction scale -> (RGB uint8 [h, w, 3], r, (ox, oy)): pixel [i, j] is
+    pixel (ox + j, oy + i) of the whole 1/r-scale decode, and equal to it. The window is the rectangle in decoded pixels
+    (x_decoded = (x + 0.5) / r - 0.5) plus `margin` pixels on each side (bilinear sampling reads the next pixel),
+    clipped to the image, so a crop of the rectangle taken from it is the crop taken from the whole image.
+
+    libjpeg-turbo skips the rows above the window (entropy decoding only), does not reconstruct the columns beside it
+    and stops after its last row. Falls back to `load_rgb` (the whole image, offset (0, 0)) where service._jpeg is not
+    built, the image is not an RGB JPEG, or the window would be the whole image anyway."""
+    full = img.size
+    source = getattr(img, "fp", None)
+    if _jpeg is None or img.format != "JPEG" or img.mode != "RGB" or not isinstance(source, io.BytesIO):
+        rgb, r = load_rgb(img, reduction)
+        return rgb, r, (0, 0)
+    r = reduction if reduction in JPEG_REDUCTIONS else 1
+    width, height = -(-full[0] // r), -(-full[1] // r)  # libjpeg's ceil(W / r) x ceil(H / r)
+    x1, y1, x2, y2 = ((v + 0.5) / r - 0.5 for v in rect)
+    ox, oy = max(0, math.floor(x1) - margin), max(0, math.floor(y1) - margin)
+    ex, ey = min(width, math.ceil(x2) + margin + 1), min(height, math.ceil(y2) + margin + 1)
+    if ex <= ox or ey <= oy:  # the rectangle misses the image: every crop pixel is border, any window will do
+        ox, oy, ex, ey = 0, 0, 1, 1
+    try:
+        rgb = _jpeg.decode_region(source.getvalue(), r, ox, oy, ex, ey)
+    except RuntimeError as exc:
+        raise ApiError(422, "undecodable_image", f"the JPEG image cannot be decoded: {exc}") from None
+    return rgb, r, (ox, oy)
 
 
 def reduction_used(full: tuple[int, int], decoded: tuple[int, int]) -> int:

@@ -16,7 +16,15 @@ from models.keypoints import box_to_center_scale, crop_person, decode_heatmaps, 
 from models.spec import ModelSpec
 from service.detect import detect_people, whole_image_box
 from service.errors import ApiError
-from service.imaging import JPEG_REDUCTIONS, classification_input, decode_image, load_rgb, normalize, open_image
+from service.imaging import (
+    JPEG_REDUCTIONS,
+    classification_input,
+    decode_image,
+    load_rgb,
+    load_rgb_window,
+    normalize,
+    open_image,
+)
 from service.schemas import ClassScore, Keypoint, Person, PoseOptions
 
 logger = logging.getLogger(__name__)
@@ -70,6 +78,14 @@ def decode_reduction(boxes: Sequence[Sequence[float]], input_size: tuple[int, in
     return next((r for r in JPEG_REDUCTIONS if r <= room), 1)
 
 
+def crop_regions(boxes: Sequence[Sequence[float]], aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [x1, y1, x2, y2] -> the crops' centers [n, 2] and scales [n, 2] in image pixels (`box_to_center_scale`)."""
+    centers, scales = np.zeros((len(boxes), 2)), np.zeros((len(boxes), 2))
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect)
+    return centers, scales
+
+
 @dataclass
 class PosePlan:
     """Everything between decoding and the network: the boxes, their crops and where the crops came from. Boxes,
@@ -85,8 +101,9 @@ class PosePlan:
     inputs: np.ndarray  # [n or 2n, C, H, W]; with flip the mirrored crops follow the originals
     flip: bool
     timings: dict[str, float] = field(default_factory=dict)
-    rgb: np.ndarray | None = None  # the decoded pixels: 1/decode_scale of the image's size
+    rgb: np.ndarray | None = None  # the decoded pixels: 1/decode_scale of the image's size, or a window of them
     decode_scale: int = 1
+    decode_origin: tuple[int, int] = (0, 0)  # (x, y) of rgb[0, 0] in the 1/decode_scale image
 
 
 def plan_pose(
@@ -95,8 +112,9 @@ def plan_pose(
     """Decode, find the boxes and make the network inputs (runs in a worker thread).
 
     With `reduce` (/v1/pose) and boxes known before decoding (client boxes or the whole image), a JPEG is decoded at
-    the reduced scale `decode_reduction` allows. HOG detection, other formats, rendering (which draws on the full
-    image) and the offline scorer (whose results should not depend on a speed-up) decode at full size."""
+    the reduced scale `decode_reduction` allows, and only its window under the crops (`load_rgb_window`). HOG
+    detection, other formats, rendering (which draws on the full image) and the offline scorer (whose results should
+    not depend on a speed-up) decode at full size."""
     t = time.perf_counter()
     img = open_image(data, max_pixels)
     width, height = img.size
@@ -111,34 +129,40 @@ def plan_pose(
     elif not detect:
         boxes, sources, scores = [whole_image_box(width, height)], ["whole"], [1.0]
     in_h, in_w = spec.input_size
-    wanted = decode_reduction(boxes, (in_h, in_w)) if reduce and not detect and img.format == "JPEG" else 1
-    rgb, r = load_rgb(img, wanted)
+    centers, scales = crop_regions(boxes, in_w / in_h)
+    fast = reduce and not detect and img.format == "JPEG"
+    wanted = decode_reduction(boxes, (in_h, in_w)) if fast else 1
+    origin = (0, 0)
+    if fast and len(boxes):  # only the window under the crops: their regions' union
+        lo, hi = (centers - scales / 2).min(axis=0), (centers + scales / 2).max(axis=0)
+        rgb, r, origin = load_rgb_window(img, wanted, (lo[0], lo[1], hi[0], hi[1]))
+    else:
+        rgb, r = load_rgb(img, wanted)
     timings = {"decode_ms": ms_since(t)}
-    if r > 1:
-        logger.debug("decoded a %dx%d JPEG at 1/%d scale (%dx%d)", width, height, r, rgb.shape[1], rgb.shape[0])
+    if r > 1 or origin != (0, 0):
+        logger.debug("decoded a %dx%d JPEG at 1/%d scale, the %dx%d window at %s", width, height, r,
+                     rgb.shape[1], rgb.shape[0], origin)  # fmt: skip
 
     t = time.perf_counter()
     if detect:
         found = detect_people(rgb)[:limit]
         boxes = [b for b, _ in found]
         sources, scores = ["hog"] * len(found), [s for _, s in found]
+        centers, scales = crop_regions(boxes, in_w / in_h)
     timings["detect_ms"] = ms_since(t)
 
     t = time.perf_counter()
-    centers = np.zeros((len(boxes), 2))
-    scales = np.zeros((len(boxes), 2))
     crops = np.zeros((len(boxes), in_h, in_w, 3), np.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], in_w / in_h)
-        # The same region in the decoded pixels (x_decoded = (x + 0.5) / r - 0.5). Centers and scales stay in image
-        # pixels, so decode_heatmaps maps keypoints straight back to the image sent.
-        center, scale = (centers[i], scales[i]) if r == 1 else ((centers[i] + 0.5) / r - 0.5, scales[i] / r)
-        crops[i] = crop_person(rgb, center, scale, 0.0, (in_h, in_w))
+    for i in range(len(boxes)):
+        # The same region in the decoded pixels (x_decoded = (x + 0.5) / r - 0.5, minus the window's origin). Centers
+        # and scales stay in image pixels, so decode_heatmaps maps keypoints straight back to the image sent.
+        center = centers[i] if r == 1 else (centers[i] + 0.5) / r - 0.5
+        crops[i] = crop_person(rgb, center - np.asarray(origin, np.float64), scales[i] / r, 0.0, (in_h, in_w))
     if options.flip and len(boxes):
         crops = np.concatenate([crops, crops[:, :, ::-1]])
     inputs = normalize(crops, spec) if len(boxes) else np.zeros((0, spec.in_chans, in_h, in_w), np.float32)
     timings["preprocess_ms"] = ms_since(t)
-    return PosePlan(width, height, boxes, sources, scores, centers, scales, inputs, options.flip, timings, rgb, r)
+    return PosePlan(width, height, boxes, sources, scores, centers, scales, inputs, options.flip, timings, rgb, r, origin)
 
 
 def finish_pose(plan: PosePlan, heatmaps: np.ndarray, spec: ModelSpec, score_threshold: float) -> list[Person]:

@@ -160,7 +160,8 @@ class ServiceState:
             ) from None  # fmt: skip
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, one thread hand-off more per request
     service: ServiceState = request.app.state.service
     return service
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ from PIL import Image
 from models.keypoints import affine_points, box_to_center_scale, crop_person, decode_heatmaps, get_affine_transform
 from models.spec import ModelSpec
 from service.backends import LoadedModel
-from service.imaging import reduction_used
+from service.imaging import has_window_decode, reduction_used
 from service.pipeline import decode_reduction, finish_pose, plan_pose
 from service.schemas import PoseOptions
 
@@ -88,8 +89,16 @@ def test_reduction_used_reads_the_integer_dct_scale(full: tuple[int, int], decod
 def test_only_jpeg_with_known_boxes_is_decoded_reduced() -> None:
     rgb = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     box = {"boxes": [[100.0, 0.0, 400.0, 480.0]]}  # 300 x 480 -> 360 x 480 -> 450 x 600 px = 4.69 x input -> 1/4
-    plan = plan_pose(jpeg(rgb), PoseOptions(**box), PLAIN, MAX_PIXELS, 20, reduce=True)
-    assert plan.decode_scale == 4 and plan.rgb is not None and plan.rgb.shape == (120, 160, 3)
+    data = jpeg(rgb)
+    plan = plan_pose(data, PoseOptions(**box), PLAIN, MAX_PIXELS, 20, reduce=True)
+    assert plan.decode_scale == 4 and plan.rgb is not None
+    # The window under the crop, or the whole 1/4 image. The crop spans x = 250 -+ 225 = 25 .. 475 image px, decoded
+    # (x + 0.5) / 4 - 0.5 = 5.875 .. 118.375: columns floor(5.875) - 2 = 3 up to ceil(118.375) + 2 = 121 (2 px margin),
+    # 119 of them; its rows 240 -+ 300 px cover the whole height.
+    ox, oy = plan.decode_origin
+    h, w = plan.rgb.shape[:2]
+    np.testing.assert_array_equal(plan.rgb, _pillow_rgb(data, 4)[oy : oy + h, ox : ox + w])
+    assert (ox, oy, h, w) == ((3, 0, 120, 119) if has_window_decode() else (0, 0, 120, 160))
     assert (plan.width, plan.height) == (640, 480) and plan.boxes == box["boxes"]
     # the whole image: 640 x 480 -> 640 x 853.3 -> 800 x 1066.7 px = 8.33 x input -> 1/8
     assert plan_pose(jpeg(rgb), PoseOptions(detector="whole"), PLAIN, MAX_PIXELS, 20, reduce=True).decode_scale == 8
@@ -100,6 +109,7 @@ def test_only_jpeg_with_known_boxes_is_decoded_reduced() -> None:
     ]
     for plan in unchanged:
         assert plan.decode_scale == 1 and plan.rgb is not None and plan.rgb.shape == (480, 640, 3)
+        assert plan.decode_origin == (0, 0)
 
 
 def _pillow_rgb(data: bytes, reduction: int) -> np.ndarray:
@@ -116,6 +126,9 @@ def _jpegs() -> list[tuple[str, bytes]]:
     buf = io.BytesIO()
     Image.fromarray(smooth).save(buf, format="JPEG", quality=95, subsampling=0)  # 4:4:4
     out.append(("637x475 4:4:4", buf.getvalue()))
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, format="JPEG", quality=85, progressive=True)
+    out.append(("637x475 progressive", buf.getvalue()))
     photo = DATA / "messi5.jpg"
     if photo.exists():
         out.append(("messi5.jpg", photo.read_bytes()))
@@ -138,6 +151,80 @@ def test_fast_jpeg_decode_gives_pillows_pixels(reduction: int) -> None:
     with pytest.raises(ApiError) as err:
         imaging.load_rgb(imaging.open_image(_jpegs()[0][1][:2000], MAX_PIXELS), reduction)
     assert err.value.status == 422
+
+
+# -- only the window of the JPEG under the crops is decoded (service._jpeg) ---------------------------------------------
+
+
+def need_window_decode() -> None:
+    if not has_window_decode():
+        if os.environ.get("CI") == "true":
+            pytest.fail("service._jpeg was not built: CI installs libjpeg62-turbo-dev before the build (.ci/run)")
+        pytest.skip("service._jpeg was not built (libjpeg-turbo's headers were missing at build time)")
+
+
+@pytest.mark.parametrize("denom", [1, 2, 4, 8])
+def test_window_decode_is_the_whole_decode_cut(denom: int) -> None:
+    """service._jpeg.decode_region against Pillow's decode of the whole file at the same DCT scale, cut to the window:
+    windows at every border, one pixel, a whole row, the whole image, on sizes that are not multiples of 8, 4:2:0 and
+    4:4:4, low quality and a real photo."""
+    need_window_decode()
+    from service import _jpeg
+
+    rng = np.random.default_rng(denom)
+    for name, data in _jpegs():
+        whole = _pillow_rgb(data, denom)
+        h, w = whole.shape[:2]
+        windows = [(0, 0, w, h), (0, 0, 1, 1), (w - 1, h - 1, w, h), (0, h // 2, w, h // 2 + 1), (w // 3, 0, w, h)]
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            windows.append((x0, y0, int(rng.integers(x0 + 1, w + 1)), int(rng.integers(y0 + 1, h + 1))))
+        for x0, y0, x1, y1 in windows:
+            got = _jpeg.decode_region(data, denom, x0, y0, x1, y1)
+            np.testing.assert_array_equal(got, whole[y0:y1, x0:x1], err_msg=f"{name} 1/{denom} {(x0, y0, x1, y1)}")
+
+
+def test_window_decode_refuses_bad_input() -> None:
+    need_window_decode()
+    from service import _jpeg
+
+    data = _jpegs()[0][1]  # 637 x 475
+    for bad in (data[:2000], data[:-100], b"\xff\xd8" + b"\x00" * 500, png(np.zeros((8, 8, 3), np.uint8))):
+        with pytest.raises(RuntimeError):
+            _jpeg.decode_region(bad, 1, 0, 0, 8, 8)
+    with pytest.raises(RuntimeError, match="outside"):
+        _jpeg.decode_region(data, 8, 0, 0, 81, 10)  # 637 px at 1/8 are 80
+    for denom, window in ((3, (0, 0, 8, 8)), (1, (5, 5, 5, 9)), (1, (-1, 0, 8, 8))):
+        with pytest.raises(ValueError):
+            _jpeg.decode_region(data, denom, *window)
+
+
+def test_window_crops_are_the_crops_of_the_whole_decode() -> None:
+    """plan_pose with the window decode against crops cut (models.keypoints.crop_person) from Pillow's decode of the
+    whole image at the plan's scale: random boxes, some at or past the borders, one to three per request."""
+    need_window_decode()
+    rng = np.random.default_rng(7)
+    windowed = 0
+    for name, data in _jpegs():
+        width, height = Image.open(io.BytesIO(data)).size
+        for _ in range(15):
+            boxes = []
+            for _ in range(int(rng.integers(1, 4))):
+                x1, y1 = rng.uniform(-40, width - 30), rng.uniform(-40, height - 30)
+                x2, y2 = x1 + rng.uniform(25, width / 1.5), y1 + rng.uniform(25, height / 1.5)
+                boxes.append([float(x1), float(y1), float(x2), float(y2)])
+            plan = plan_pose(data, PoseOptions(boxes=boxes), PLAIN, MAX_PIXELS, 20, reduce=True)
+            r = plan.decode_scale
+            whole = _pillow_rgb(data, r)
+            assert plan.rgb is not None
+            windowed += plan.rgb.shape[:2] != whole.shape[:2]
+            for i, (x1, y1, x2, y2) in enumerate(plan.boxes):
+                center, scale = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], INPUT[1] / INPUT[0])
+                center = center if r == 1 else (center + 0.5) / r - 0.5
+                want = crop_person(whole, center, scale / r, 0.0, INPUT)
+                got = np.rint(plan.inputs[i].transpose(1, 2, 0) * 255).astype(np.uint8)  # PLAIN: pixels / 255
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} boxes {plan.boxes} at 1/{r}")
+    assert windowed >= 30  # most requests decoded a window, not the whole image
 
 
 # -- the crops of a reduced decode cover exactly the region of the image sent ------------------------------------------
