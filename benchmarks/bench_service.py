@@ -1,12 +1,13 @@
 """The HTTP service end to end, on loopback, one uvicorn worker.
 
-Run: ``.venv/bin/python -m benchmarks.bench_service [--model sbpn-r18] [--requests 100] [--clients 8] [--duration 15]``.
+Run: ``.venv/bin/python -m benchmarks.bench_service [--model sbpn-r18] [--requests 100] [--clients 8 32] [--duration 15]``.
 
 1. Latency: one 640x480 JPEG with one client box per request, sequential, keep-alive: p50/p90/p99 of the wall time
    seen by the client, and the server's own breakdown (decode, crop, queue, network).
-2. Throughput: `--clients` concurrent keep-alive connections for `--duration` seconds, each sending a pre-built request
-   back to back (a lean load generator: the clients share the 2 cores with the server): requests/s, latency under
-   load, mean batch size.
+2. Throughput: for each count in `--clients`, that many concurrent keep-alive connections for `--duration` seconds,
+   each sending a pre-built request back to back (a lean load generator: the clients share the 2 cores with the
+   server): requests/s, latency under load, mean batch size. A config's throughput is its best over the counts (the
+   rate it sustains once saturated), and the target compares those; the ratios at each count are reported too.
 
 Both run on the default packed backend (weights/NAME.bnn, or the seed-0 random-init network packed on the fly when no
 weights are bundled: speed does not depend on the weights' values) and, in the same run, on the same service serving
@@ -196,10 +197,14 @@ def run_config(name: str, env: dict[str, str], args: argparse.Namespace, data: b
         assert isinstance(info, dict)
         latency = measure_latency(server.url, data, args.requests, warmup=10)
         logger.info("%s: p50 %.1f ms", name, latency["client_ms"]["p50"])
-        throughput = measure_throughput(server.url, args.model, data, args.clients, args.duration)
-        logger.info("%s: %.1f requests/s with %d clients", name, throughput["requests_per_s"], args.clients)
+        by_clients = []
+        for clients in args.clients:
+            by_clients.append(measure_throughput(server.url, args.model, data, clients, args.duration))
+            logger.info("%s: %.1f requests/s with %d clients", name, by_clients[-1]["requests_per_s"], clients)
     keys = ("backend", "ops", "bops", "flops", "packed_bytes", "provenance", "weights_sha256")
-    return {"name": name, "model": {k: info.get(k) for k in keys}, "latency": latency, "throughput": throughput}
+    peak = max(by_clients, key=lambda t: t["requests_per_s"])
+    return {"name": name, "model": {k: info.get(k) for k in keys}, "latency": latency, "throughput": peak,
+            "throughput_by_clients": by_clients}  # fmt: skip
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -212,8 +217,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"load average {result['machine']['loadavg_before']} before, {result['machine']['loadavg_after']} after.",
         f"Model {result['model']}{at}, one 640x480 JPEG ({result['image']}) with one client box per request.",
         "",
-        "| config | backend | model OPs | p50 ms | p90 ms | server p50 ms (queue / network) | req/s "
-        f"({result['clients']} clients) | mean batch |",
+        "| config | backend | model OPs | p50 ms | p90 ms | server p50 ms (queue / network) | req/s with "
+        f"{' / '.join(map(str, result['clients']))} clients | peak req/s (clients, mean batch) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in result["configs"]:
@@ -221,10 +226,11 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {c['name']} | skipped: {c['skipped']} | | | | | | |")
             continue
         lat, thr, srv = c["latency"]["client_ms"], c["throughput"], c["latency"]["server_ms_p50"]
+        each = " / ".join(f"{t['requests_per_s']:.1f}" for t in c["throughput_by_clients"])
         lines.append(
             f"| {c['name']} | {c['model']['backend']} | {c['model']['ops'] / 1e6:.1f} M | {lat['p50']:.1f} | "
             f"{lat['p90']:.1f} | {srv['total_ms']:.1f} ({srv['queue_ms']:.1f} / {srv['inference_ms']:.1f}) | "
-            f"{thr['requests_per_s']:.1f} | {thr['mean_batch_size']:.1f} |"
+            f"{each} | {thr['requests_per_s']:.1f} ({thr['clients']}, {thr['mean_batch_size']:.1f}) |"
         )
     lines += ["", "Targets (issue 5):"]
     for t in result["targets"]:
@@ -236,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sbpn-r18")
     p.add_argument("--requests", type=int, default=100, help="sequential requests for the latency run")
-    p.add_argument("--clients", type=int, default=8, help="concurrent clients for the throughput run")
+    p.add_argument(
+        "--clients", type=int, nargs="+", default=[8, 32],
+        help="concurrent clients of the throughput runs, one run each; a config's throughput is its best "
+        "(the rate it sustains once saturated: 8 clients leave the packed server's two processes idle part of the time)",
+    )  # fmt: skip
     p.add_argument("--duration", type=float, default=15.0, help="seconds of the throughput run")
     p.add_argument("--threads", type=int, default=0, help="BINPOSE_THREADS of the server (0 = library default)")
     p.add_argument("--max-batch-size", type=int, default=16)
@@ -308,7 +318,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = (
             ran["binary, packed"]["throughput"]["requests_per_s"] / ran["float twin, onnx"]["throughput"]["requests_per_s"]
         )
-        targets.append({"target": "throughput >= 4x the float twin on onnx", "value": f"{ratio:.2f}x", "met": ratio >= 4})
+        targets.append({"target": "throughput >= 4x the float twin on onnx (peak of each)", "value": f"{ratio:.2f}x",
+                        "met": ratio >= 4})  # fmt: skip
+        same = [
+            a["requests_per_s"] / b["requests_per_s"]
+            for a, b in zip(ran["binary, packed"]["throughput_by_clients"],
+                            ran["float twin, onnx"]["throughput_by_clients"], strict=True)
+        ]  # fmt: skip
+        clients = " / ".join(map(str, args.clients))
+        ratios = " / ".join(f"{r:.2f}x" for r in same)
+        targets.append({"target": f"the same with {clients} clients", "value": ratios, "met": min(same) >= 4})
     result = {
         "command": "python -m benchmarks.bench_service " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
