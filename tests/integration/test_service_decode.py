@@ -199,6 +199,33 @@ def test_window_decode_refuses_bad_input() -> None:
             _jpeg.decode_region(data, denom, *window)
 
 
+def test_window_decode_survives_mutated_files() -> None:
+    """Bytes changed, cut or overwritten at random (headers included): each call returns pixels of the window's size or
+    raises RuntimeError; none crashes the process (a crash here would end the test run)."""
+    need_window_decode()
+    from service import _jpeg
+
+    rng = np.random.default_rng(1)
+    errors = 0
+    for _, data in _jpegs():
+        for i in range(75):
+            b = bytearray(data)
+            if i % 3 == 0:
+                for _ in range(int(rng.integers(1, 20))):
+                    b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+            elif i % 3 == 1:
+                b = b[: int(rng.integers(2, len(b)))]
+            else:
+                p, n = int(rng.integers(0, len(b))), int(rng.integers(1, 200))
+                b[p : p + n] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+            try:
+                got = _jpeg.decode_region(bytes(b), int(rng.choice([1, 2, 4, 8])), 5, 7, 40, 30)
+                assert got.shape == (23, 35, 3)
+            except RuntimeError:
+                errors += 1
+    assert errors > 0  # the cut files at least are refused
+
+
 def test_window_crops_are_the_crops_of_the_whole_decode() -> None:
     """plan_pose with the window decode against crops cut (models.keypoints.crop_person) from Pillow's decode of the
     whole image at the plan's scale: random boxes, some at or past the borders, one to three per request."""
