@@ -119,7 +119,7 @@ def load_rgb_window(
 
     libjpeg-turbo skips the rows above the window (entropy decoding only), does not reconstruct the columns beside it
     and stops after its last row. Falls back to `load_rgb` (the whole image, offset (0, 0)) where service._jpeg is not
-    built, the image is not an RGB JPEG, or the window would be the whole image anyway."""
+    built or the image is not an RGB JPEG."""
     full = img.size
     source = getattr(img, "fp", None)
     if _jpeg is None or img.format != "JPEG" or img.mode != "RGB" or not isinstance(source, io.BytesIO):

@@ -8,8 +8,7 @@
 //
 // Strict: a warning (corrupt data, a truncated file) is an error, as simplejpeg's strict mode, and a file cut short
 // is refused even where the window lies before the cut. (Corrupt entropy data below the window is not seen: nothing
-// there is decoded.) No Python object is
-// touched while decoding, so the GIL is released for it.
+// there is decoded.) No Python object is touched while decoding, so the GIL is released for it.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
