@@ -19,6 +19,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -183,6 +184,29 @@ def _reflect101(i: NDArray[np.int64], n: int) -> NDArray[np.int64]:
     return np.where(i >= n, period - i, i)
 
 
+# Central differences of a 3x3 block of values v[a, b] (a = row, b = column; flattened a * 3 + b) at its center:
+# columns dx, dy, dxx, dyy, dxy.
+_DIFFERENCES = np.zeros((9, 5))
+_DIFFERENCES[[5, 3], 0] = 0.5, -0.5  # dx = (v[1, 2] - v[1, 0]) / 2
+_DIFFERENCES[[7, 1], 1] = 0.5, -0.5  # dy = (v[2, 1] - v[0, 1]) / 2
+_DIFFERENCES[[5, 4, 3], 2] = 1.0, -2.0, 1.0  # dxx
+_DIFFERENCES[[7, 4, 1], 3] = 1.0, -2.0, 1.0  # dyy
+_DIFFERENCES[[8, 6, 2, 0], 4] = 0.25, -0.25, -0.25, 0.25  # dxy = (v[2, 2] - v[2, 0] - v[0, 2] + v[0, 0]) / 4
+_DIFFERENCES.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=8)
+def _shifted_gaussian(ksize: int, sigma: float) -> FloatArray:
+    """[ksize + 2, 3]: column b holds cv2's Gaussian kernel at rows b .. b + ksize - 1, so that `patch @ taps` blurs
+    a (ksize + 2)-wide patch at its three central positions. Read-only (cached)."""
+    g = cv2.getGaussianKernel(ksize, sigma).reshape(-1)
+    taps = np.zeros((ksize + 2, 3))
+    for b in range(3):
+        taps[b : b + ksize, b] = g
+    taps.flags.writeable = False
+    return taps
+
+
 def _dark_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64], sigma: float) -> FloatArray:
     """DARK (Zhang et al. 2020): smooth each map with a Gaussian, take its log, and step to the maximum of the
     second-order Taylor expansion at the integer peak: offset = -H^-1 g (central differences).
@@ -199,19 +223,15 @@ def _dark_offset(hm: FloatArray, x: NDArray[np.int64], y: NDArray[np.int64], sig
     ii, jj = np.nonzero(ok)
     if ii.size == 0:
         return out
-    g = cv2.getGaussianKernel(ksize, sigma).reshape(-1)
+    taps = _shifted_gaussian(ksize, sigma)  # [ksize + 2, 3]: the kernel centred on patch offsets -1, 0, +1
     span = np.arange(-(r + 1), r + 2)  # the rows / columns of the peak's patch, relative to the peak
     rows = _reflect101(y[ii, jj][:, None] + span, h)
     cols = _reflect101(x[ii, jj][:, None] + span, w)
-    patch = hm[ii[:, None, None], jj[:, None, None], rows[:, :, None], cols[:, None, :]]  # [m, ksize+2, ksize+2]
-    horiz = np.stack([patch[:, :, b : b + ksize] @ g for b in range(3)], axis=-1)  # [m, ksize+2, 3]
-    smooth = np.stack([np.einsum("u,muc->mc", g, horiz[:, a : a + ksize]) for a in range(3)], axis=1)  # [m, 3, 3]
-    lg = np.log(np.maximum(smooth, 1e-10))
-    dx = 0.5 * (lg[:, 1, 2] - lg[:, 1, 0])
-    dy = 0.5 * (lg[:, 2, 1] - lg[:, 0, 1])
-    dxx = lg[:, 1, 2] - 2 * lg[:, 1, 1] + lg[:, 1, 0]
-    dyy = lg[:, 2, 1] - 2 * lg[:, 1, 1] + lg[:, 0, 1]
-    dxy = 0.25 * (lg[:, 2, 2] - lg[:, 2, 0] - lg[:, 0, 2] + lg[:, 0, 0])
+    flat = ((ii * k + jj)[:, None] * h + rows)[:, :, None] * w + cols[:, None, :]  # one gather: [m, ksize+2, ksize+2]
+    patch = np.ascontiguousarray(hm).reshape(-1)[flat]
+    smooth = taps.T @ (patch @ taps)  # [m, 3, 3]: blurred along the columns, then the rows
+    lg = np.log(np.maximum(smooth, 1e-10)).reshape(-1, 9)
+    dx, dy, dxx, dyy, dxy = (lg @ _DIFFERENCES).T  # central differences on the 3x3 log values
     det = dxx * dyy - dxy * dxy
     good = (det > 1e-12) & (dxx < 0)  # a proper maximum; otherwise keep the integer peak
     safe = np.where(good, det, 1.0)
