@@ -1,5 +1,6 @@
-"""Decode time of a JPEG at full size and at the reduced scales /v1/pose may use (service.imaging.load_rgb), and the
-whole pose preprocessing stage (plan_pose: decode + crop + normalize) for one client box with and without reduction.
+"""Decode time of a JPEG at full size and at the reduced scales /v1/pose may use (service.imaging.load_rgb), of the
+window under one client box (load_rgb_window, where service._jpeg is built), and the whole pose preprocessing stage
+(plan_pose: decode + crop + normalize) for that box with and without reduction and window.
 A few seconds on one core; it times nothing but this process.
 
     python scripts/time_decode.py                    # basketball1.png from opencv-doc, re-encoded as a 640x480 JPEG
@@ -23,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.spec import ModelSpec  # noqa: E402
-from service.imaging import load_rgb, open_image  # noqa: E402
-from service.pipeline import decode_reduction, plan_pose  # noqa: E402
+from service.imaging import has_window_decode, load_rgb, load_rgb_window, open_image  # noqa: E402
+from service.pipeline import crop_regions, decode_reduction, plan_pose  # noqa: E402
 from service.schemas import PoseOptions  # noqa: E402
 
 DEFAULT_IMAGE = Path("/usr/share/doc/opencv-doc/examples/data/basketball1.png")
@@ -68,9 +69,15 @@ def main() -> int:
     spec = ModelSpec(name="timing", task="pose", input_size=input_size)
     options = PoseOptions(boxes=[args.box])
     r = decode_reduction([args.box], input_size)
+    if has_window_decode():
+        (c,), (s,) = crop_regions([args.box], input_size[1] / input_size[0])
+        rect = (c[0] - s[0] / 2, c[1] - s[1] / 2, c[0] + s[0] / 2, c[1] + s[1] / 2)
+        for scale in sorted({1, r}):
+            ms = median_ms(lambda k=scale: load_rgb_window(open_image(data, 10**9), k, rect), args.repeat)
+            print(f"  decode the window under the box at 1/{scale}: {ms:6.2f} ms  ({decode[scale] / ms:4.1f}x faster)")
     for reduce in (False, True):
         ms = median_ms(lambda reduce=reduce: plan_pose(data, options, spec, 10**9, 20, reduce), args.repeat)
-        label = f"reduced (1/{r})" if reduce else "full size"
+        label = (f"reduced (1/{r}), window" if has_window_decode() else f"reduced (1/{r})") if reduce else "full size"
         print(f"  plan_pose, box {args.box}, input {input_size[0]}x{input_size[1]}, {label}: {ms:6.2f} ms")
     return 0
 
