@@ -16,8 +16,8 @@ from service.schemas import ErrorResponse, PoseOptions, PoseRequest, PoseRespons
 from service.state import ServiceDep, ServiceState
 
 # Up to this many persons, the keypoints are decoded on the event loop (about 0.25 ms for one person at 128x96): a
-# thread hand-off costs about as much CPU, and skipping it gave 1-6% more requests/s under load (32 clients, 7 runs
-# in pairs). More persons go to a worker thread, so that no request holds the loop for long.
+# thread hand-off costs about as much CPU, and skipping it changed requests/s under load by -1% to +16% (median +4%;
+# 32 clients, 7 paired runs). More persons go to a worker thread, so that no request holds the loop for long.
 INLINE_FINISH_MAX_PERSONS = 4
 
 router = APIRouter(prefix="/v1", tags=["pose"])
