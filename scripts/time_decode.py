@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.spec import ModelSpec  # noqa: E402
 from service.imaging import has_window_decode, load_rgb, load_rgb_window, open_image  # noqa: E402
-from service.pipeline import crop_regions, decode_reduction, plan_pose  # noqa: E402
+from service.pipeline import crop_regions, crops_union, decode_reduction, plan_pose  # noqa: E402
 from service.schemas import PoseOptions  # noqa: E402
 
 DEFAULT_IMAGE = Path("/usr/share/doc/opencv-doc/examples/data/basketball1.png")
@@ -70,8 +70,7 @@ def main() -> int:
     options = PoseOptions(boxes=[args.box])
     r = decode_reduction([args.box], input_size)
     if has_window_decode():
-        (c,), (s,) = crop_regions([args.box], input_size[1] / input_size[0])
-        rect = (c[0] - s[0] / 2, c[1] - s[1] / 2, c[0] + s[0] / 2, c[1] + s[1] / 2)
+        rect = crops_union(*crop_regions([args.box], input_size[1] / input_size[0]))
         for scale in sorted({1, r}):
             ms = median_ms(lambda k=scale: load_rgb_window(open_image(data, 10**9), k, rect), args.repeat)
             print(f"  decode the window under the box at 1/{scale}: {ms:6.2f} ms  ({decode[scale] / ms:4.1f}x faster)")

@@ -64,6 +64,20 @@ def check_boxes(boxes: list[list[float]], width: int, height: int) -> list[list[
     return out
 
 
+def crop_regions(boxes: Sequence[Sequence[float]], aspect: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [x1, y1, x2, y2] -> the crops' centers [n, 2] and scales [n, 2] in image pixels (`box_to_center_scale`)."""
+    centers, scales = np.zeros((len(boxes), 2)), np.zeros((len(boxes), 2))
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect)
+    return centers, scales
+
+
+def crops_union(centers: np.ndarray, scales: np.ndarray) -> tuple[float, float, float, float]:
+    """The rectangle (x1, y1, x2, y2) holding every crop region (center -+ scale / 2), in image pixels."""
+    lo, hi = (centers - scales / 2).min(axis=0), (centers + scales / 2).max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
 def decode_reduction(boxes: Sequence[Sequence[float]], input_size: tuple[int, int]) -> int:
     """The largest JPEG reduction r (8, 4 or 2; else 1) at which the crop region of every box [x1, y1, x2, y2]
     (the box after `box_to_center_scale`'s aspect fix and padding, as the crop uses it) still spans at least the
@@ -71,19 +85,9 @@ def decode_reduction(boxes: Sequence[Sequence[float]], input_size: tuple[int, in
     if not boxes:
         return 1
     in_h, in_w = input_size
-    room = float("inf")  # the smallest region size / input size over the boxes
-    for x1, y1, x2, y2 in boxes:
-        _, (w, h) = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], in_w / in_h)
-        room = min(room, w / in_w, h / in_h)
+    _, scales = crop_regions(boxes, in_w / in_h)
+    room = float(min((scales[:, 0] / in_w).min(), (scales[:, 1] / in_h).min()))  # smallest region / input size
     return next((r for r in JPEG_REDUCTIONS if r <= room), 1)
-
-
-def crop_regions(boxes: Sequence[Sequence[float]], aspect: float) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes [x1, y1, x2, y2] -> the crops' centers [n, 2] and scales [n, 2] in image pixels (`box_to_center_scale`)."""
-    centers, scales = np.zeros((len(boxes), 2)), np.zeros((len(boxes), 2))
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        centers[i], scales[i] = box_to_center_scale([x1, y1, x2 - x1, y2 - y1], aspect)
-    return centers, scales
 
 
 @dataclass
@@ -134,8 +138,7 @@ def plan_pose(
     wanted = decode_reduction(boxes, (in_h, in_w)) if fast else 1
     origin = (0, 0)
     if fast and len(boxes):  # only the window under the crops: their regions' union
-        lo, hi = (centers - scales / 2).min(axis=0), (centers + scales / 2).max(axis=0)
-        rgb, r, origin = load_rgb_window(img, wanted, (lo[0], lo[1], hi[0], hi[1]))
+        rgb, r, origin = load_rgb_window(img, wanted, crops_union(centers, scales))
     else:
         rgb, r = load_rgb(img, wanted)
     timings = {"decode_ms": ms_since(t)}
