@@ -6,8 +6,9 @@ pays no wait while concurrent ones still meet in one batch. Items that arrive wh
 and go together in the next call.
 
 The queue is bounded (in items): a request that would overflow it is refused at once (503 + Retry-After), so latency
-stays bounded under overload instead of growing without limit. The network runs in a worker thread, so the event loop
-keeps accepting and answering while a batch computes. A request cancelled by its deadline leaves its waiting items
+stays bounded under overload instead of growing without limit. The event loop keeps accepting and answering while a
+batch computes: a network in its own process (service.isolation) is awaited on the loop itself (`infer_async`: the
+child's reply wakes the loop), one in this process runs in a worker thread. A request cancelled by its deadline leaves its waiting items
 behind; they free their places at once and are never computed.
 """
 
@@ -213,7 +214,11 @@ class MicroBatcher:
                 job.queue_seconds = max(job.queue_seconds, wait)
             stacked = np.stack([job.items[i] for job, i in batch])
             try:
-                outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
+                infer_async = getattr(self._infer, "infer_async", None)  # a network in its own process
+                if infer_async is not None:
+                    outputs = await infer_async(stacked, self._executor)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
             except Exception as exc:  # the model failed: fail these requests, keep serving
                 logger.exception("inference failed for model %s on a batch of %d", self.model, len(batch))
                 error = ApiError(500, "inference_failed", f"model {self.model!r} failed: {type(exc).__name__}: {exc}")

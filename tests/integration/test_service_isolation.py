@@ -4,6 +4,7 @@ meant for the server ignored, and nothing left behind when it is closed. Real ch
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -105,6 +106,87 @@ def test_child_ignores_the_servers_signals(child_model: tuple[object, object]) -
     time.sleep(0.3)
     assert infer(batch(1)).shape == (1, 10)
     assert infer.pid == pid and infer.restarts == 0
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A one-thread executor that counts the calls handed to it (the thread path of infer_async)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        self.calls += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_infer_async_on_the_event_loop(child_model: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batcher's path: the same outputs as the model here; the thread path only where the child must learn an
+    output size (first call, a larger batch than the shared block holds), the loop's own path for the rest."""
+    here, there = child_model
+    infer = only_child(there)
+    monkeypatch.setattr(isolation, "MIN_BLOCK_BYTES", 256)  # shared blocks as small as they may be: 6 outputs
+
+    async def run(sizes: list[int], executor: CountingExecutor) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for n in sizes:
+            x = batch(n, seed=20 + n)
+            out.append((x, await infer.infer_async(x, executor)))
+        return out
+
+    with CountingExecutor() as executor:
+        got = asyncio.run(run([2, 1, 4, 3, 4, 12, 2], executor))
+        # 2: the first call (no output size known yet) -> thread; 1, 4, 3, 4 -> loop (the shared output block holds
+        # 256 bytes: 6 outputs of 10 floats); 12 -> thread (the block grows); 2 -> loop.
+        assert executor.calls == 2
+    for x, y in got:
+        assert y.shape == (x.shape[0], 10)
+        np.testing.assert_allclose(y, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+
+
+def test_infer_async_child_dying_in_flight_then_a_new_child(
+    child_model: tuple[object, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that dies after the liveness check (here: reported alive, killed before the batch is sent) fails that
+    batch with a clear error; the next call starts a new child and answers right."""
+    here, there = child_model
+    infer = only_child(there)
+    infer(batch(4))  # the output size is known: the next calls take the loop's path
+    first = infer.pid
+    assert first is not None and infer._proc is not None
+    os.kill(first, signal.SIGKILL)
+    assert gone(first)
+    monkeypatch.setattr(infer._proc, "is_alive", lambda: True)
+    with CountingExecutor() as executor:
+        with pytest.raises(RuntimeError, match="died"):
+            asyncio.run(infer.infer_async(batch(2), executor))
+        assert executor.calls == 0
+        monkeypatch.undo()
+        x = batch(3, seed=5)
+        got = asyncio.run(infer.infer_async(x, executor))
+    assert infer.restarts == 1 and infer.pid not in (None, first)
+    np.testing.assert_allclose(got, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+
+
+def test_infer_async_cancelled_in_flight_never_mixes_up_replies(child_model: tuple[object, object]) -> None:
+    """A batch cancelled while the child computes: its reply must never be taken for the next batch's answer."""
+    here, there = child_model
+    infer = only_child(there)
+    infer(batch(64))  # a batch the child takes a while over, its output size known
+    big, small = batch(64, seed=1), batch(2, seed=2)
+
+    async def cancel_then_call(executor: CountingExecutor) -> np.ndarray:
+        task = asyncio.create_task(infer.infer_async(big, executor))
+        await asyncio.sleep(0)  # sent; the reply is not there yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await infer.infer_async(small, executor)
+
+    with CountingExecutor() as executor:
+        got = asyncio.run(cancel_then_call(executor))
+    assert infer.restarts == 1  # the child that held the cancelled batch was stopped, a new one answered
+    np.testing.assert_allclose(got, here.infer(small), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
 
 
 def test_calls_from_several_threads_and_close(tmp_path: Path) -> None:
