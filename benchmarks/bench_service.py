@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--duration", type=float, default=15.0, help="seconds of the throughput run")
     p.add_argument("--threads", type=int, default=0, help="BINPOSE_THREADS of the server (0 = library default)")
-    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--max-batch-size", type=int, default=None, help="default: each backend's own (packed 4, onnx 16)")
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument(
         "--input-size", default=None, metavar="HxW",
@@ -287,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         net = models.build(args.model, **overrides).eval()
         pack_model(net, tmp / f"{args.model}.bnn", {"source": "bench: seed-0 random init"})
         weights, packed_note = tmp, f"seed-0 random init packed on the fly ({'x'.join(map(str, net.spec.input_size))})"
-    common = {"BINPOSE_MODELS": args.model, "BINPOSE_MAX_BATCH_SIZE": str(args.max_batch_size),
-              "BINPOSE_MAX_WAIT_MS": str(args.max_wait_ms), "BINPOSE_WEIGHTS_DIR": str(weights),
-              "BINPOSE_LOG_LEVEL": "warning"}  # fmt: skip
+    common = {"BINPOSE_MODELS": args.model, "BINPOSE_MAX_WAIT_MS": str(args.max_wait_ms),
+              "BINPOSE_WEIGHTS_DIR": str(weights), "BINPOSE_LOG_LEVEL": "warning"}  # fmt: skip
+    if args.max_batch_size is not None:
+        common["BINPOSE_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.threads > 0:  # the engine reads BINPOSE_THREADS too
         common["BINPOSE_THREADS"] = str(args.threads)
     configs: list[dict[str, Any]] = []

@@ -15,8 +15,10 @@ machine (measured: resnet18 b1 with 2 kernel threads, 47 ms with 1 torch thread 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -524,8 +526,41 @@ class PackedModel:
         return f"PackedModel({self.name!r}, ops={len(self._ops)}, bytes={self.file_bytes}, sha256={self.sha256[:12]})"
 
 
+# glibc's mallopt parameters and the values keep_freed_memory sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest on 64-bit
+_TRIM_THRESHOLD_BYTES = 512 << 20
+_malloc_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed large blocks in this process (``mallopt``: blocks up to 32 MiB come
+    from the heap, and the heap's free top is kept up to 512 MiB); returns whether it is in effect.
+
+    Every op returns a fresh array and the activations of a batch are megabytes each. With glibc's defaults, blocks
+    over 128 KiB start out as their own mappings and the free top of the heap is given back to the kernel, so,
+    depending on the history of sizes, a run could fault in every page of its activations again: sbpn-r18 at 128x96,
+    batch 4, 1 thread, fell into that at times (2.9-3.0 ms per crop against 2.2-2.3; three of six fresh processes),
+    and never with these settings. Called by ``load``; ``BINPOSE_MALLOC_KEEP=0`` leaves malloc as it is. The price:
+    the process keeps the memory of its largest batch. Only where the C library is glibc (elsewhere: False)."""
+    global _malloc_kept
+    if _malloc_kept is None:
+        _malloc_kept = False
+        if os.environ.get("BINPOSE_MALLOC_KEEP", "1").strip() != "0" and platform.libc_ver()[0] == "glibc":
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):
+                return False
+            ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+            _malloc_kept = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and ok
+    return _malloc_kept
+
+
 def load(path: str | os.PathLike[str], num_threads: int | None = None, torch_threads: int = 1) -> PackedModel:
     """Load a .bnn file (contract 5). Raises ``BnnFormatError`` (a ValueError) if it is truncated, tampered with or of
     an unknown version, ``FileNotFoundError`` if there is no file. ``num_threads``: the binary kernels' threads;
-    ``torch_threads``: torch's intra-op threads for the float glue while the model runs."""
-    return PackedModel(read_bnn(path), str(path), num_threads, torch_threads)
+    ``torch_threads``: torch's intra-op threads for the float glue while the model runs. Sets malloc to reuse freed
+    activations (``keep_freed_memory``)."""
+    model = PackedModel(read_bnn(path), str(path), num_threads, torch_threads)
+    keep_freed_memory()
+    return model

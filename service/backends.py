@@ -73,6 +73,8 @@ class LoadedModel:
     weights_path: str | None = None
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
+    # Most crops/images per network call unless BINPOSE_MAX_BATCH_SIZE says otherwise: what this backend runs best.
+    batch_size: int = 16
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
         h, w = self.spec.input_size
@@ -358,4 +360,8 @@ def load_packed(name: str, options: LoadOptions) -> LoadedModel:
         provenance=getattr(packed, "provenance", None) or entry.get("provenance", "unknown"),
         metrics=dict(entry.get("metrics", {})),
         weights_path=str(path),
+        # The runtime gains nothing from batching (it runs a batch in chunks of <= 4 images at 128x96, 1 at 256x192),
+        # and full batches of 4 may follow one another into the network's pipe, so its process never waits between
+        # them (batching.py): sbpn-r18 128x96, 32 clients, 2 CPUs: 422 req/s against 376 with batches of 16.
+        batch_size=4,
     )

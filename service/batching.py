@@ -8,8 +8,9 @@ and go together in the next call.
 The queue is bounded (in items): a request that would overflow it is refused at once (503 + Retry-After), so latency
 stays bounded under overload instead of growing without limit. The event loop keeps accepting and answering while a
 batch computes: a network in its own process (service.isolation) is awaited on the loop itself (`infer_async`: the
-child's reply wakes the loop), one in this process runs in a worker thread. A request cancelled by its deadline leaves its waiting items
-behind; they free their places at once and are never computed.
+child's replies wake the loop), and a full batch may follow one still computing into the child's pipe; a network in
+this process runs in a worker thread, one batch at a time. A request cancelled by its deadline leaves its waiting
+items behind; they free their places at once and are never computed.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         # The average batch time, for Retry-After.
         self._mean_compute_s = 0.05
+        self._in_flight = 0  # batches sent to the network and not answered yet
+        self._computing: set[asyncio.Task[None]] = set()
+        self._last_done = 0.0  # when the last batch's outputs came back
 
     @property
     def depth(self) -> int:
@@ -196,48 +200,68 @@ class MicroBatcher:
                 return
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Batches in flight at once: a network in its own process takes a second batch into its pipe while it computes
+        # one (service.isolation.PIPELINE_DEPTH); a second batch leaves only when it is full, so pipelining never
+        # splits what would have been one batch.
+        depth = int(getattr(self._infer, "pipeline_depth", 1))
         while True:
-            while not self._pending:
-                if self._closed:
-                    return
+            while not self._pending or self._in_flight >= depth or (self._in_flight and self._live < self.max_batch_size):
+                if self._closed and not self._pending:
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._wait_to_fill()
+            if self._closed and not self._pending:
+                break
+            if not self._in_flight:
+                await self._wait_to_fill()
             batch = self._take_batch()
             if not batch:
                 continue
-            started = time.perf_counter()
-            for job, _ in batch:
-                wait = started - job.enqueued_at
-                self._metrics.queue_wait_seconds.labels(model=self.model).observe(wait)
-                job.queue_seconds = max(job.queue_seconds, wait)
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._compute(batch))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
+        if self._computing:
+            await asyncio.gather(*self._computing)
+
+    async def _compute(self, batch: list[tuple[_Job, int]]) -> None:
+        """One batch through the network, then its outputs to their requests."""
+        dispatched = time.perf_counter()
+        try:
             stacked = np.stack([job.items[i] for job, i in batch])
-            try:
-                infer_async = getattr(self._infer, "infer_async", None)  # a network in its own process
-                if infer_async is not None:
-                    outputs = await infer_async(stacked, self._executor)
-                else:
-                    outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
-            except Exception as exc:  # the model failed: fail these requests, keep serving
-                logger.exception("inference failed for model %s on a batch of %d", self.model, len(batch))
-                error = ApiError(500, "inference_failed", f"model {self.model!r} failed: {type(exc).__name__}: {exc}")
-                for job, _ in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-                continue
-            compute = time.perf_counter() - started
-            self._mean_compute_s = 0.8 * self._mean_compute_s + 0.2 * compute
-            self._metrics.compute_seconds.labels(model=self.model, backend=self.backend).observe(compute)
-            self._metrics.batch_size.labels(model=self.model).observe(len(batch))
-            seen: set[int] = set()
-            for k, (job, i) in enumerate(batch):
-                if id(job) not in seen:
-                    seen.add(id(job))
-                    job.compute_seconds += compute
-                job.outputs[i] = outputs[k]
-                job.remaining -= 1
-                if job.remaining == 0 and not job.future.done():
-                    job.future.set_result(
-                        BatchResult(np.stack(job.outputs), job.queue_seconds, job.compute_seconds)  # type: ignore[arg-type]
-                    )
+            infer_async = getattr(self._infer, "infer_async", None)  # a network in its own process
+            if infer_async is not None:
+                outputs = await infer_async(stacked, self._executor)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, stacked)
+        except Exception as exc:  # the model failed: fail these requests, keep serving
+            logger.exception("inference failed for model %s on a batch of %d", self.model, len(batch))
+            error = ApiError(500, "inference_failed", f"model {self.model!r} failed: {type(exc).__name__}: {exc}")
+            for job, _ in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        finally:
+            self._in_flight -= 1
+            self._wakeup.set()
+        done = time.perf_counter()
+        started = max(dispatched, self._last_done)  # a pipelined batch starts when the one before it has ended
+        self._last_done = done
+        compute = done - started
+        self._mean_compute_s = 0.8 * self._mean_compute_s + 0.2 * compute
+        self._metrics.compute_seconds.labels(model=self.model, backend=self.backend).observe(compute)
+        self._metrics.batch_size.labels(model=self.model).observe(len(batch))
+        seen: set[int] = set()
+        for k, (job, i) in enumerate(batch):
+            if id(job) not in seen:
+                seen.add(id(job))
+                job.compute_seconds += compute
+            wait = started - job.enqueued_at
+            self._metrics.queue_wait_seconds.labels(model=self.model).observe(wait)
+            job.queue_seconds = max(job.queue_seconds, wait)
+            job.outputs[i] = outputs[k]
+            job.remaining -= 1
+            if job.remaining == 0 and not job.future.done():
+                job.future.set_result(
+                    BatchResult(np.stack(job.outputs), job.queue_seconds, job.compute_seconds)  # type: ignore[arg-type]
+                )

@@ -24,6 +24,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections import deque
 from concurrent.futures import Executor
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -36,6 +37,7 @@ from service.backends import LoadedModel, LoadOptions, load_model
 logger = logging.getLogger(__name__)
 
 MIN_BLOCK_BYTES = 1 << 16  # the smallest shared block
+PIPELINE_DEPTH = 2  # batches in flight to a child (infer_async)
 
 _RERAISE: dict[str, type[Exception]] = {
     cls.__name__: cls for cls in (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, MemoryError)
@@ -79,8 +81,8 @@ def _child_main(conn: Connection, name: str, backend: str, options: LoadOptions,
                 return
         except (EOFError, OSError):
             return  # the server is gone
-        _, in_name, shape, dtype, out_name, out_capacity = msg
-        for block in [b for b in mapped if b not in (in_name, out_name)]:  # blocks the server has replaced
+        _, in_name, shape, dtype, out_name, out_capacity, dropped = msg
+        for block in [b for b in dropped if b in mapped]:  # blocks the server has replaced
             try:
                 mapped.pop(block).close()
             except BufferError:  # an array of the network still views it: the mapping goes with that array
@@ -106,6 +108,8 @@ class ChildProcessInfer:
     Thread-safe (one batch at a time); restarts the child on the next call if it has died. `infer_async` is the same
     for an event loop."""
 
+    pipeline_depth = PIPELINE_DEPTH  # what the batcher may send ahead (infer_async)
+
     def __init__(self, name: str, backend: str, options: LoadOptions, start_timeout_s: float = 600.0) -> None:
         self.name, self.backend, self.options = name, backend, options
         self.start_timeout_s = start_timeout_s
@@ -114,7 +118,9 @@ class ChildProcessInfer:
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._blocks: dict[str, SharedMemory] = {}  # the batches' and outputs' shared memory, owned here
         self._item_out: tuple[tuple[int, ...], np.dtype[Any], int] | None = None  # one item's output: shape, dtype, bytes
-        self._in_flight = False  # a batch of infer_async awaits its reply
+        self._queue: deque[tuple[asyncio.Future[np.ndarray], int]] = deque()  # infer_async's batches in flight, by slot
+        self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None  # the loop watching the pipe for replies
+        self._dropped: list[str] = []  # blocks replaced since the last message: the child unmaps them
         self.restarts = 0
 
     @property
@@ -159,6 +165,8 @@ class ChildProcessInfer:
         return fields
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self._queue:
+            raise RuntimeError(f"model {self.name!r}: a blocking call while batches of infer_async are in flight")
         with self._lock:
             if self._proc is None or not self._proc.is_alive():
                 self._reap()
@@ -174,77 +182,100 @@ class ChildProcessInfer:
                 raise self._died() from exc
 
     async def infer_async(self, batch: np.ndarray, executor: Executor) -> np.ndarray:
-        """The same as calling it, for the event loop's batcher: the batch is sent from the loop's thread and the
-        child's reply wakes the loop itself (`add_reader` on the pipe). Through a worker thread, each batch took two
-        thread hand-offs, and the worker waited for the GIL behind the loop's Python before it could send or return:
-        under 8-32 clients the child sat idle ~20% of the time with batches queued for it. Runs the thread path
-        (`executor`) where a call must first (re)start the child or learn a new output size; one batch at a time."""
+        """The same as calling it, for the event loop's batcher, and pipelined: up to `PIPELINE_DEPTH` batches may be
+        in flight, each in shared blocks of its own, so the child finds the next batch waiting in the pipe when it
+        finishes one instead of idling until the server has answered and sent again. The batch is sent from the
+        loop's thread and the child's replies (in order) wake the loop itself (`add_reader` on the pipe): through a
+        worker thread, each batch took two thread hand-offs and waited for the GIL behind the loop's Python, and under
+        8-32 clients the child sat idle ~20% of the time with batches queued for it. Where the child must first be
+        (re)started or an output size learnt, the call waits for the batches in flight and takes the thread path
+        (`executor`)."""
         loop = asyncio.get_running_loop()
-        if self._in_flight:
-            raise RuntimeError(f"model {self.name!r}: infer_async called while a batch is in flight")
-        n = int(batch.shape[0])
+        if len(self._queue) >= PIPELINE_DEPTH:
+            raise RuntimeError(f"model {self.name!r}: more than {PIPELINE_DEPTH} batches in flight")
         alive = self._conn is not None and self._proc is not None and self._proc.is_alive()
-        block_out = self._blocks.get("out")
-        if not alive or self._item_out is None or block_out is None or block_out.size < n * self._item_out[2]:
+        if not alive or self._item_out is None:
+            if self._queue:
+                self._fail_in_flight(self._died() if not alive else RuntimeError("output size unknown"))
             return await loop.run_in_executor(executor, self, batch)
-        self._in_flight = True
-        try:
-            with self._lock:
-                conn = self._conn
-                assert conn is not None
-                self._send_batch(batch)
-            reply_ready: asyncio.Future[None] = loop.create_future()
-            fd = conn.fileno()
-
-            def ready() -> None:
-                if not reply_ready.done():
-                    reply_ready.set_result(None)
-
-            loop.add_reader(fd, ready)
+        busy = {slot for _, slot in self._queue}
+        slot = next(k for k in range(PIPELINE_DEPTH) if k not in busy)
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
             try:
-                await reply_ready
-            finally:
-                loop.remove_reader(fd)
-            with self._lock:
-                try:
-                    return self._outputs(conn.recv())
-                except (EOFError, OSError) as exc:
-                    raise self._died() from exc
-        except asyncio.CancelledError:
-            # The reply, when it comes, must not be taken for the next batch's: stop this child now (the loop must
-            # not wait for its batch) and start afresh on the next call.
-            with self._lock:
-                if self._proc is not None:
-                    self._proc.kill()
-                self._reap()
-            raise
-        finally:
-            self._in_flight = False
+                self._send_batch(batch, slot, int(batch.shape[0]) * self._item_out[2])
+            except RuntimeError as exc:  # the child died: the batches before this one cannot be answered either
+                self._fail_in_flight(exc)
+                raise
+        self._queue.append((future, slot))
+        if self._reader is None:
+            self._reader = (loop, conn.fileno())
+            loop.add_reader(conn.fileno(), self._on_replies)
+        return await future  # a cancelled batch's reply is still read in turn, and dropped
 
-    def _send_batch(self, batch: np.ndarray) -> None:
-        """Write the batch into the shared input block and tell the child (under the lock, child running)."""
+    def _on_replies(self) -> None:
+        """The pipe is readable: take every reply there is, in order, for the batches in flight."""
+        conn = self._conn
+        while self._queue and conn is not None and conn.poll():
+            future, slot = self._queue[0]
+            try:
+                with self._lock:
+                    out = self._outputs(conn.recv(), slot)
+            except (EOFError, OSError):
+                self._fail_in_flight(self._died())
+                return
+            except Exception as exc:  # an error the child reported for this batch
+                self._queue.popleft()
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            self._queue.popleft()
+            if not future.done():
+                future.set_result(out)
+        if not self._queue:
+            self._stop_reading()
+
+    def _fail_in_flight(self, exc: BaseException) -> None:
+        self._stop_reading()
+        while self._queue:
+            future, _ = self._queue.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            loop, fd = self._reader
+            loop.remove_reader(fd)
+            self._reader = None
+
+    def _send_batch(self, batch: np.ndarray, slot: int = 0, out_bytes: int = 0) -> None:
+        """Write the batch into the slot's shared input block and tell the child (under the lock, child running);
+        with `out_bytes` the slot's output block is made that large first."""
         assert self._conn is not None
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        block_in = self._block("in", x.nbytes)
+        block_in = self._block(f"in{slot}", x.nbytes)
         np.ndarray(x.shape, x.dtype, buffer=block_in.buf)[...] = x
-        block_out = self._blocks.get("out")
+        block_out = self._block(f"out{slot}", out_bytes) if out_bytes else self._blocks.get(f"out{slot}")
+        dropped, self._dropped = self._dropped, []
         try:
             self._conn.send(("batch", block_in.name, x.shape, x.dtype.str, block_out.name if block_out else None,
-                             block_out.size if block_out else 0))  # fmt: skip
+                             block_out.size if block_out else 0, dropped))  # fmt: skip
         except OSError as exc:
             raise self._died() from exc
 
-    def _outputs(self, reply: tuple[Any, ...]) -> np.ndarray:
-        """The child's reply to a batch -> its outputs (read from the shared block, or through the pipe)."""
+    def _outputs(self, reply: tuple[Any, ...], slot: int = 0) -> np.ndarray:
+        """The child's reply to a batch -> its outputs (read from the slot's shared block, or through the pipe)."""
         assert self._conn is not None
         if reply[0] == "error":
             raise _RERAISE.get(reply[1], RuntimeError)(reply[2])
-        block_out = self._blocks.get("out")
+        block_out = self._blocks.get(f"out{slot}")
         if reply[0] == "shared" and block_out is not None:
             out = np.ndarray(reply[1], np.dtype(reply[2]), buffer=block_out.buf).copy()
         else:
             out = _recv_array(self._conn, reply)
-            self._block("out", 2 * out.nbytes)  # outputs of this size and up to twice it come back shared
+            self._block(f"out{slot}", 2 * out.nbytes)  # outputs of this size and up to twice it come back shared
         if out.shape[0] > 0:
             self._item_out = (out.shape[1:], out.dtype, out.nbytes // out.shape[0])
         return out
@@ -256,10 +287,12 @@ class ChildProcessInfer:
         )
 
     def _block(self, role: str, nbytes: int) -> SharedMemory:
-        """The shared block for inputs ("in") or outputs ("out"), replaced by a larger one when `nbytes` don't fit."""
+        """The shared block for a slot's inputs ("in0") or outputs ("out0"), replaced by a larger one when `nbytes`
+        don't fit."""
         block = self._blocks.get(role)
         if block is None or block.size < nbytes:
             if block is not None:
+                self._dropped.append(block.name)
                 block.close()
                 block.unlink()
             block = self._blocks[role] = SharedMemory(create=True, size=max(nbytes, MIN_BLOCK_BYTES))
@@ -267,6 +300,7 @@ class ChildProcessInfer:
 
     def _reap(self) -> int | None:
         """Forget a dead (or dying) child: close the pipe, collect its exit code."""
+        self._stop_reading()  # before the descriptor is closed (and its number reused)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -282,6 +316,7 @@ class ChildProcessInfer:
             block.close()
             block.unlink()
         self._blocks.clear()
+        self._dropped.clear()
         return code
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -39,7 +39,10 @@ class Settings(BaseSettings):
     )
     seed: int = Field(default=0, description="seed of random-init weights when a model has no bundled weights")
 
-    max_batch_size: int = Field(default=16, ge=1, le=1024, description="most crops/images per network call")
+    max_batch_size: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="most crops/images per network call; unset = the backend's own (packed 4, torch and onnx 16)",
+    )  # fmt: skip
     max_wait_ms: float = Field(
         default=4.0, ge=0, le=10_000, description="how long a batch waits to fill once it has one item"
     )

@@ -58,7 +58,7 @@ class ServiceState:
                 load = load_in_child if s.infer_process else load_model
                 loaded = await loop.run_in_executor(self.inference_executor, load, name, s.backend, options)
                 if s.warmup:
-                    await loop.run_in_executor(self.inference_executor, loaded.warm_up, s.max_batch_size)
+                    await loop.run_in_executor(self.inference_executor, loaded.warm_up, self.batch_size(loaded))
                 self._register(loaded)
             self._pick_defaults()
         except Exception as exc:
@@ -79,7 +79,7 @@ class ServiceState:
             loaded.backend,
             loaded.infer,
             self.inference_executor,
-            max_batch_size=s.max_batch_size,
+            max_batch_size=self.batch_size(loaded),
             max_wait_s=s.max_wait_ms / 1000.0,
             queue_size=s.queue_size,
             metrics=self.metrics,
@@ -91,6 +91,10 @@ class ServiceState:
         m.model_load_seconds.labels(model=loaded.name, backend=loaded.backend).set(loaded.load_seconds)
         m.model_warmup_seconds.labels(model=loaded.name, backend=loaded.backend).set(loaded.warmup_seconds)
         logger.info("model %s: load %.2f s, warm-up %.2f s", loaded.name, loaded.load_seconds, loaded.warmup_seconds)
+
+    def batch_size(self, loaded: LoadedModel) -> int:
+        """Most items per network call: BINPOSE_MAX_BATCH_SIZE, else what the model's backend runs best."""
+        return self.settings.max_batch_size or loaded.batch_size
 
     def _pick_defaults(self) -> None:
         s = self.settings

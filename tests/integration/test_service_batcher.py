@@ -175,3 +175,77 @@ def test_network_failure_fails_its_requests_only() -> None:
         pool.shutdown()
 
     asyncio.run(main())
+
+
+class PipelinedNet(FakeNet):
+    """A network in its own process, as the batcher sees one (`infer_async`, `pipeline_depth` 2): each batch is
+    answered when the test releases it, in order; records how many batches were in flight at once."""
+
+    pipeline_depth = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[np.ndarray, asyncio.Future[None]]] = []
+        self.most_in_flight = 0
+
+    async def infer_async(self, x: np.ndarray, executor: object) -> np.ndarray:
+        release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((x, release))
+        self.most_in_flight = max(self.most_in_flight, sum(not r.done() for _, r in self.waiting))
+        await release
+        self.batches.append(x[:, 0].tolist())
+        return 10 * x
+
+    def release_next(self) -> None:
+        next(r for _, r in self.waiting if not r.done()).set_result(None)
+
+
+def test_a_full_batch_follows_one_in_flight_a_partial_one_waits() -> None:
+    async def main() -> None:
+        net = PipelinedNet()
+        b, pool = make(net, max_batch_size=2, max_wait_s=0.0)
+        first = asyncio.ensure_future(b.submit(items(1)))
+        await asyncio.sleep(0.01)
+        assert len(net.waiting) == 1  # [1] in flight
+        partial = asyncio.ensure_future(b.submit(items(2)))
+        await asyncio.sleep(0.01)
+        assert len(net.waiting) == 1  # [2] alone is not a full batch: it waits for the one in flight
+        full = asyncio.ensure_future(b.submit(items(3, 4, 5)))
+        await asyncio.sleep(0.01)
+        assert len(net.waiting) == 2 and net.waiting[1][0][:, 0].tolist() == [2, 3]  # full: it follows at once
+        await asyncio.sleep(0.01)
+        assert len(net.waiting) == 2  # never more than two in flight
+        net.release_next()
+        await asyncio.sleep(0.01)
+        assert len(net.waiting) == 3  # [4, 5] is full: it takes the free place
+        for _ in range(2):
+            net.release_next()
+        results = await asyncio.gather(first, partial, full)
+        assert net.most_in_flight == 2
+        np.testing.assert_array_equal(results[0].outputs[:, 0], [10])
+        np.testing.assert_array_equal(results[1].outputs[:, 0], [20])
+        np.testing.assert_array_equal(results[2].outputs[:, 0], [30, 40, 50])
+        assert net.batches == [[1], [2, 3], [4, 5]]
+        await b.close()
+        pool.shutdown()
+
+    asyncio.run(main())
+
+
+def test_close_waits_for_pipelined_batches() -> None:
+    async def main() -> None:
+        net = PipelinedNet()
+        b, pool = make(net, max_batch_size=1, max_wait_s=0.0)
+        pending = [asyncio.ensure_future(b.submit(items(v))) for v in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0.01)
+        assert not closing.done()  # two batches in flight, one queued: close() drains them all
+        for _ in range(3):
+            net.release_next()
+            await asyncio.sleep(0.01)
+        await closing
+        assert [r.outputs[0, 0] for r in await asyncio.gather(*pending)] == [10, 20, 30]
+        pool.shutdown()
+
+    asyncio.run(main())

@@ -121,11 +121,11 @@ class CountingExecutor(ThreadPoolExecutor):
 
 
 def test_infer_async_on_the_event_loop(child_model: tuple[object, object], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batcher's path: the same outputs as the model here; the thread path only where the child must learn an
-    output size (first call, a larger batch than the shared block holds), the loop's own path for the rest."""
+    """The batcher's path: the same outputs as the model here, through shared blocks that grow and are replaced; the
+    thread path only for the first call (no output size known yet)."""
     here, there = child_model
     infer = only_child(there)
-    monkeypatch.setattr(isolation, "MIN_BLOCK_BYTES", 256)  # shared blocks as small as they may be: 6 outputs
+    monkeypatch.setattr(isolation, "MIN_BLOCK_BYTES", 256)  # every size change replaces blocks
 
     async def run(sizes: list[int], executor: CountingExecutor) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
@@ -136,11 +136,36 @@ def test_infer_async_on_the_event_loop(child_model: tuple[object, object], monke
 
     with CountingExecutor() as executor:
         got = asyncio.run(run([2, 1, 4, 3, 4, 12, 2], executor))
-        # 2: the first call (no output size known yet) -> thread; 1, 4, 3, 4 -> loop (the shared output block holds
-        # 256 bytes: 6 outputs of 10 floats); 12 -> thread (the block grows); 2 -> loop.
-        assert executor.calls == 2
+        assert executor.calls == 1
     for x, y in got:
         assert y.shape == (x.shape[0], 10)
+        np.testing.assert_allclose(y, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+
+
+def test_infer_async_pipelined_batches_each_get_their_own_outputs(child_model: tuple[object, object]) -> None:
+    """Two batches in flight at once (each in its own shared blocks, answered in order), over and over with sizes
+    that make the blocks grow; a third batch in flight is refused."""
+    here, there = child_model
+    infer = only_child(there)
+    infer(batch(1))
+    assert infer.pipeline_depth == 2
+    inputs = [batch(n, seed=40 + k) for k, n in enumerate([3, 5, 1, 8, 2, 2, 16, 4])]
+
+    async def run(executor: CountingExecutor) -> list[np.ndarray]:
+        got: list[np.ndarray] = []
+        for k in range(0, len(inputs), 2):
+            got += await asyncio.gather(infer.infer_async(inputs[k], executor), infer.infer_async(inputs[k + 1], executor))
+        pair = [asyncio.ensure_future(infer.infer_async(batch(1), executor)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="more than 2 batches in flight"):
+            await infer.infer_async(batch(1), executor)
+        await asyncio.gather(*pair)
+        return got
+
+    with CountingExecutor() as executor:
+        got = asyncio.run(run(executor))
+        assert executor.calls == 0
+    for x, y in zip(inputs, got, strict=True):
         np.testing.assert_allclose(y, here.infer(x), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
 
 
@@ -169,24 +194,27 @@ def test_infer_async_child_dying_in_flight_then_a_new_child(
 
 
 def test_infer_async_cancelled_in_flight_never_mixes_up_replies(child_model: tuple[object, object]) -> None:
-    """A batch cancelled while the child computes: its reply must never be taken for the next batch's answer."""
+    """A batch cancelled while the child computes it, with a second batch behind it in the pipe, and a third sent
+    after: the cancelled batch's reply is read in turn and dropped, never taken for another batch's answer."""
     here, there = child_model
     infer = only_child(there)
     infer(batch(64))  # a batch the child takes a while over, its output size known
-    big, small = batch(64, seed=1), batch(2, seed=2)
+    big, second, third = batch(64, seed=1), batch(2, seed=2), batch(3, seed=3)
 
-    async def cancel_then_call(executor: CountingExecutor) -> np.ndarray:
-        task = asyncio.create_task(infer.infer_async(big, executor))
-        await asyncio.sleep(0)  # sent; the reply is not there yet
-        task.cancel()
+    async def cancel_then_call(executor: CountingExecutor) -> tuple[np.ndarray, np.ndarray]:
+        cancelled = asyncio.ensure_future(infer.infer_async(big, executor))
+        behind = asyncio.ensure_future(infer.infer_async(second, executor))
+        await asyncio.sleep(0)  # both sent; the first reply is not there yet
+        cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
-        return await infer.infer_async(small, executor)
+            await cancelled
+        return await behind, await infer.infer_async(third, executor)
 
     with CountingExecutor() as executor:
-        got = asyncio.run(cancel_then_call(executor))
-    assert infer.restarts == 1  # the child that held the cancelled batch was stopped, a new one answered
-    np.testing.assert_allclose(got, here.infer(small), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+        got_second, got_third = asyncio.run(cancel_then_call(executor))
+    assert infer.restarts == 0  # the same child answered on
+    np.testing.assert_allclose(got_second, here.infer(second), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(got_third, here.infer(third), rtol=1e-5, atol=1e-5)  # type: ignore[attr-defined]
 
 
 def test_calls_from_several_threads_and_close(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ A plain end-to-end check (no tie handling at all) runs on a small model where no
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -260,3 +262,31 @@ def test_stem_precision_setting_rejects_other_values(tmp_path: Path, monkeypatch
     monkeypatch.setenv("BINPOSE_STEM_BF16", "fast")
     with pytest.raises(ValueError, match="BINPOSE_STEM_BF16 must be 0 or 1"):
         engine.load(path)
+
+
+MALLINFO_PROBE = """
+import ctypes, sys, numpy as np, torch, engine
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+m = engine.load(sys.argv[1])
+m(torch.zeros(1, 3, 32, 32))
+before = libc.mallinfo2().hblks
+block = np.ones(8 << 18, np.float32)  # 8 MiB
+print(libc.mallinfo2().hblks - before, engine.runtime.keep_freed_memory())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc settings are glibc's")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_load_makes_malloc_reuse_freed_activations(keep: str, tmp_path: Path) -> None:
+    """After engine.load, an 8 MiB array comes from the heap (glibc's own count of mapped blocks, mallinfo2, does not
+    grow), so freed activations are reused instead of mapped and faulted in again; BINPOSE_MALLOC_KEEP=0 leaves
+    glibc's default (a block that large gets a mapping of its own). Fresh interpreters: the setting is per process."""
+    path = pack_model(randomize(models.build("resnet18-small", width=16), seed=4), tmp_path / "m.bnn")
+    env = {**os.environ, "BINPOSE_MALLOC_KEEP": keep}
+    out = subprocess.run([sys.executable, "-c", MALLINFO_PROBE, str(path)], check=True, capture_output=True, text=True,
+                         env=env, cwd=Path(__file__).resolve().parents[2]).stdout.split()  # fmt: skip
+    assert out == (["0", "True"] if keep == "1" else ["1", "False"])
