@@ -125,3 +125,21 @@ def test_backend_matches_torch(backend: str, weights_dir: Path, torch_answers: t
         np.testing.assert_allclose(xy, ref_xy, atol=0.05)
         np.testing.assert_allclose([k["score"] for k in got["keypoints"]], [k["score"] for k in want["keypoints"]],
                                    rtol=1e-3, atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize(("backend", "default"), [("packed", 4), ("torch", 16), ("onnx", 16)])
+def test_batch_size_default_is_the_backends_own(backend: str, default: int, weights_dir: Path) -> None:
+    """Unset, BINPOSE_MAX_BATCH_SIZE is what the backend runs best (packed: 4, its runtime gains nothing from larger
+    batches; the float backends: 16); set, it wins."""
+    from service.backends import LoadOptions, load_model
+    from service.settings import Settings
+    from service.state import ServiceState
+
+    if backend == "packed" and not (weights_dir / f"{MODEL}.bnn").exists():
+        pytest.skip("the engine cannot pack here")
+    if backend == "onnx" and not has("onnxruntime", "InferenceSession"):
+        pytest.skip("onnxruntime is not installed")
+    loaded = load_model(MODEL, backend, LoadOptions(weights_dir=weights_dir, cache_dir=weights_dir / f"bs-{backend}"))
+    assert loaded.batch_size == default
+    assert ServiceState(Settings(models=[MODEL])).batch_size(loaded) == default
+    assert ServiceState(Settings(models=[MODEL], max_batch_size=7)).batch_size(loaded) == 7
