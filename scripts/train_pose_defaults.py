@@ -7,6 +7,7 @@ Runs, each a plain `binpose train pose` (python -m binpose.cli) on the vtest ped
   sbpn-r18-kd     the binary network started from sbpn-r18-float's best checkpoint and distilled from it
                   (the two-stage recipe: it starts when sbpn-r18-float has finished)
   bhrnet-w18      models/train/configs/vtest_bhrnet_w18.yaml, from scratch
+  bhrnet-w18-float, bhrnet-w18-kd   the same two stages for BHRNet-W18
 
 Runs without a dependency start together; a run whose overrides name another run ("{sbpn-r18-float}" stands for that
 run's best checkpoint) starts when that run has ended, and is skipped if it left no checkpoint.
@@ -41,13 +42,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("train_pose_defaults")
 
-KD_SETS = ["init_from={sbpn-r18-float}", "distill.teacher={sbpn-r18-float}", "distill.alpha=0.7",
-           "optim.lr=1e-3", "optim.warmup_epochs=0.5"]  # fmt: skip
+def kd_sets(twin: str) -> list[str]:
+    """The binary network started from its float twin's best checkpoint and distilled from it."""
+    return [f"init_from={{{twin}}}", f"distill.teacher={{{twin}}}", "distill.alpha=0.7", "optim.lr=1e-3",
+            "optim.warmup_epochs=0.5"]  # fmt: skip
+
+
 RUNS: dict[str, tuple[str, list[str]]] = {
     "sbpn-r18": ("vtest_sbpn_r18", []),
     "sbpn-r18-float": ("vtest_sbpn_r18", ["model.overrides.binary=false"]),
-    "sbpn-r18-kd": ("vtest_sbpn_r18", KD_SETS),
+    "sbpn-r18-kd": ("vtest_sbpn_r18", kd_sets("sbpn-r18-float")),
     "bhrnet-w18": ("vtest_bhrnet_w18", []),
+    "bhrnet-w18-float": ("vtest_bhrnet_w18", ["model.overrides.binary=false"]),
+    "bhrnet-w18-kd": ("vtest_bhrnet_w18", kd_sets("bhrnet-w18-float")),
 }
 PART_BYTES = 15 * 1024 * 1024
 _REF = re.compile(r"\{([a-z0-9-]+)\}")

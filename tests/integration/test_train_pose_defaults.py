@@ -36,6 +36,7 @@ def test_budgets_and_dependencies() -> None:
         mod.parse_budgets(["bhrnet-w18=30"], runs)
     assert mod.dependencies(mod.RUNS["sbpn-r18-kd"][1]) == {"sbpn-r18-float"}
     assert mod.dependencies(mod.RUNS["sbpn-r18"][1]) == set()
+    assert mod.dependencies(mod.RUNS["bhrnet-w18-kd"][1]) == {"bhrnet-w18-float"}
 
 
 def test_chain_without_its_twin_is_refused(tmp_path: Path) -> None:
