@@ -117,7 +117,7 @@ class ChildProcessInfer:
         self._conn: Connection | None = None
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._blocks: dict[str, SharedMemory] = {}  # the batches' and outputs' shared memory, owned here
-        self._item_out: tuple[tuple[int, ...], np.dtype[Any], int] | None = None  # one item's output: shape, dtype, bytes
+        self._item_out_bytes: int | None = None  # one item's output, once a batch has shown it
         self._queue: deque[tuple[asyncio.Future[np.ndarray], int]] = deque()  # infer_async's batches in flight, by slot
         self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None  # the loop watching the pipe for replies
         self._dropped: list[str] = []  # blocks replaced since the last message: the child unmaps them
@@ -188,15 +188,15 @@ class ChildProcessInfer:
         loop's thread and the child's replies (in order) wake the loop itself (`add_reader` on the pipe): through a
         worker thread, each batch took two thread hand-offs and waited for the GIL behind the loop's Python, and under
         8-32 clients the child sat idle ~20% of the time with batches queued for it. Where the child must first be
-        (re)started or an output size learnt, the call waits for the batches in flight and takes the thread path
-        (`executor`)."""
+        (re)started (the batches in flight to a dead child fail) or an item's output size is not known yet, the call
+        takes the thread path (`executor`)."""
         loop = asyncio.get_running_loop()
         if len(self._queue) >= PIPELINE_DEPTH:
             raise RuntimeError(f"model {self.name!r}: more than {PIPELINE_DEPTH} batches in flight")
         alive = self._conn is not None and self._proc is not None and self._proc.is_alive()
-        if not alive or self._item_out is None:
-            if self._queue:
-                self._fail_in_flight(self._died() if not alive else RuntimeError("output size unknown"))
+        if not alive or self._item_out_bytes is None:
+            if self._queue:  # batches sent to a child that has died since
+                self._fail_in_flight(self._died())
             return await loop.run_in_executor(executor, self, batch)
         busy = {slot for _, slot in self._queue}
         slot = next(k for k in range(PIPELINE_DEPTH) if k not in busy)
@@ -205,7 +205,7 @@ class ChildProcessInfer:
             conn = self._conn
             assert conn is not None
             try:
-                self._send_batch(batch, slot, int(batch.shape[0]) * self._item_out[2])
+                self._send_batch(batch, slot, int(batch.shape[0]) * self._item_out_bytes)
             except RuntimeError as exc:  # the child died: the batches before this one cannot be answered either
                 self._fail_in_flight(exc)
                 raise
@@ -277,7 +277,7 @@ class ChildProcessInfer:
             out = _recv_array(self._conn, reply)
             self._block(f"out{slot}", 2 * out.nbytes)  # outputs of this size and up to twice it come back shared
         if out.shape[0] > 0:
-            self._item_out = (out.shape[1:], out.dtype, out.nbytes // out.shape[0])
+            self._item_out_bytes = out.nbytes // out.shape[0]
         return out
 
     def _died(self) -> RuntimeError:
