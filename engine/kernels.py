@@ -347,13 +347,9 @@ class BConv:
         next_threshold: npt.ArrayLike | None = None,
         want_float: bool = True,
         want_bits: bool | None = None,
-        residual_upsample: int = 1,
     ) -> None:
         o = weights.out_channels
         self.weights = weights
-        if int(residual_upsample) < 1:
-            raise ValueError(f"bconv2d: residual_upsample must be >= 1, got {residual_upsample}")
-        self.residual_upsample = int(residual_upsample)
         self.want_bits = bool(next_threshold is not None if want_bits is None else want_bits)
         self.want_float = bool(want_float)
         self._geometry = (list(_pair("stride", stride)), list(_padding(padding)), list(_pair("dilation", dilation)))
@@ -369,9 +365,8 @@ class BConv:
         self, x: PackedActivations, residual: npt.ArrayLike | None = None, residual_in_place: bool = False
     ) -> BConvResult:
         """``residual_in_place``: for a caller with no further use for the residual: when it is a writable
-        C-contiguous float32 array of the output's shape (not upsampled), the float output is written into it (and
-        returned as ``out``), which saves a fresh output array (measured 15-35% of a 56x56x64 or 28x28x128 layer with
-        its fused epilogue)."""
+        C-contiguous float32 array, the float output is written into it (and returned as ``out``), which saves a fresh
+        output array (measured 15-35% of a 56x56x64 or 28x28x128 layer with its fused epilogue)."""
         w = self.weights
         if x.channels != w.in_channels:
             raise ValueError(
@@ -379,13 +374,12 @@ class BConv:
                 f"({w.in_channels_per_group} per group x {w.groups} groups)"
             )
         res = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
-        into = (res if residual_in_place and res is residual and res is not None and res.flags.writeable
-                and self.residual_upsample == 1 else None)  # fmt: skip
+        into = res if residual_in_place and res is residual and res is not None and res.flags.writeable else None
         stride, padding, dilation = self._geometry
         act, slope, gamma, zeta = self._act
         out, bits = _native.bconv2d(x.bits, x.channels, w.native, stride, padding, dilation, self._scale, self._shift,
                                     res, act, slope, gamma, zeta, self._thr, self.want_float, self.want_bits,
-                                    into, self.residual_upsample)  # fmt: skip
+                                    into)  # fmt: skip
         return BConvResult(out=out, bits=PackedActivations(bits, w.out_channels) if bits is not None else None)
 
 
@@ -402,7 +396,6 @@ def bconv2d(
     next_threshold: npt.ArrayLike | None = None,
     want_float: bool = True,
     want_bits: bool | None = None,
-    residual_upsample: int = 1,
 ) -> BConvResult:
     """Binary convolution of packed activations with packed weights, with the fused epilogue (module docstring).
 
@@ -412,9 +405,7 @@ def bconv2d(
         stride, dilation: int or ``(h, w)``.
         padding: zero padding, int, ``(ph, pw)`` or ``(top, left, bottom, right)``; exact (padded taps add 0).
         scale, shift: per output channel (default 1 and 0: ``y`` is then the integer dot product).
-        residual: float32 NHWC of the output's shape ``(N, OH, OW, O)``, added after scale/shift; with
-            ``residual_upsample`` f > 1 of shape ``(N, OH / f, OW / f, O)``, nearest-upsampled f times as it is read
-            (what ``y + upsample(r)`` computes, without the upsampled array).
+        residual: float32 NHWC of the output's shape ``(N, OH, OW, O)``, added after scale/shift.
         act: ``None``, :class:`PReLU` or :class:`RPReLU`, applied after the residual.
         next_threshold: per output channel; the packed output is ``(y + next_threshold) < 0``.
         want_float: return the float32 NHWC ``y``.
@@ -424,6 +415,5 @@ def bconv2d(
     Returns:
         :class:`BConvResult` with ``out`` (float32 ``[N, OH, OW, O]``) and/or ``bits`` (``PackedActivations``).
     """
-    op = BConv(weights, stride, padding, dilation, scale, shift, act, next_threshold, want_float, want_bits,
-               residual_upsample)  # fmt: skip
+    op = BConv(weights, stride, padding, dilation, scale, shift, act, next_threshold, want_float, want_bits)
     return op(x, residual)

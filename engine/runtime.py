@@ -118,16 +118,13 @@ class _Compiler:
             return kernels.RPReLU(self.f32(op, "act.gamma"), self.f32(op, "act.slope"), self.f32(op, "act.zeta"))
         raise BnnFormatError(f"{self.where}: unknown activation {kind!r}")
 
-    def compile_all(self, ops: list[dict[str, Any]], output: Any, fast: bool = True) -> list[tuple[str, OpFn]]:
+    def compile_all(self, ops: list[dict[str, Any]], output: Any, in_place: bool = True) -> list[tuple[str, OpFn]]:
         """Every op as (type, closure), with what the file does not spell out:
 
         - max-pooling, the activation that is its only use, and the packing of that activation's output (as in
           ResNet's stem) run as one pass over each pooled row (the pooled pre-activation value is never stored);
-        - ``fast`` (off for ``values()``, which reports every value as computed): a binary conv whose residual has no
-          later use writes its float output into the residual's array instead of a fresh one (fewer bytes through
-          the caches: 15-35% of a 56x56x64 layer's time); a nearest upsampling whose only use is a binary conv's
-          residual is not run: the conv's epilogue reads the smaller array upsampled (SBPN's head: each unit adds
-          its upsampled input; 32x24x256 floats per image that were written and read again).
+        - ``in_place``: a binary conv whose residual has no later use writes its float output into the residual's
+          array instead of a fresh one (fewer bytes through the caches: 15-35% of a 56x56x64 layer's time).
         """
         uses: dict[str, int] = {}
         last: dict[str, int] = {}
@@ -145,17 +142,8 @@ class _Compiler:
             if op["type"] == "flatten":
                 src, view = op["inputs"]["x"], op["outputs"]["y"]
                 last[src] = max(last.get(src, 0), last.get(view, 0))
-        self.reusable = fresh if fast else set()
+        self.reusable = fresh if in_place else set()
         self.last_use = last
-        # upsampled value -> (its source, factor), for the upsamplings a binary conv's epilogue does as it reads
-        self.upsampled: dict[str, tuple[str, int]] = {}
-        if fast:
-            residuals = {op["inputs"]["residual"] for op in ops if op["type"] == "bconv" and op["inputs"].get("residual")}
-            self.upsampled = {op["outputs"]["y"]: (op["inputs"]["x"], int(op["attrs"]["factor"])) for op in ops
-                              if op["type"] == "upsample" and op["outputs"]["y"] in residuals
-                              and uses.get(op["outputs"]["y"]) == 1}  # fmt: skip
-            for up, (src, _) in self.upsampled.items():  # the source is now read where the upsampled value was
-                last[src] = max(last.get(src, 0), last[up])
         out: list[tuple[str, OpFn]] = []
         k = 0
         while k < len(ops):
@@ -170,8 +158,7 @@ class _Compiler:
                 out.append(("maxpool+act" + ("+pack" if pack else ""), self.maxpool_act(op, nxt, pack)))
                 k += 3 if pack else 2
                 continue
-            if not (op["type"] == "upsample" and op["outputs"]["y"] in self.upsampled):
-                out.append((str(op["type"]), self.compile(op)))
+            out.append((str(op["type"]), self.compile(op)))
             k += 1
         return out
 
@@ -208,13 +195,9 @@ class _Compiler:
         thr = self.f32(op, "next_threshold") if o.get("bits") else None
         x, res, y, bits = i["x"], i.get("residual"), o.get("y"), o.get("bits")
         reuse = res is not None and res in self.reusable and self.last_use.get(res) == self.index
-        factor = 1
-        if res is not None and res in self.upsampled:  # the epilogue reads the upsampling's source, upsampled
-            res, factor = self.upsampled[res]
-            reuse = False
         conv = kernels.BConv(weights, a["stride"], a["padding"], a["dilation"], self.f32(op, "scale"),
                              self.f32(op, "shift"), self.act(op), thr, want_float=y is not None,
-                             want_bits=bits is not None, residual_upsample=factor)  # fmt: skip
+                             want_bits=bits is not None)  # fmt: skip
 
         def run(env: Env) -> None:
             out = conv(env[x], env[res] if res is not None else None, reuse)
@@ -517,7 +500,7 @@ class PackedModel:
         debugging and for layer-by-layer checks. Float values are named after the fx nodes of the packed module.
         (A plain call lets some ops overwrite values nothing reads later; this run keeps every value as computed.)"""
         if self._kept_ops is None:
-            self._kept_ops = _Compiler(self._bnn).compile_all(list(self.graph["ops"]), self._output, fast=False)
+            self._kept_ops = _Compiler(self._bnn).compile_all(list(self.graph["ops"]), self._output, in_place=False)
         return self._run(x, self._kept_ops)
 
     def _run(self, x: torch.Tensor, ops: list[tuple[str, OpFn]]) -> Env:

@@ -12,14 +12,13 @@ void epilogue_scalar(const EpilogueParams& e, const std::int32_t* pop, int ld, c
     const std::int32_t* pr = pop + static_cast<std::ptrdiff_t>(p) * ld;
     const std::int32_t* cr = corr_rows ? corr_rows[p] : nullptr;
     const std::int64_t base = q[p] * C;
-    const float* res = e.residual ? e.residual + residual_pixel(e, q[p]) * C : nullptr;
     std::uint32_t bits = 0;
     int nbits = 0, bitpos = oc0;
     for (int i = 0; i < n; ++i) {
       const int o = oc0 + i;
       const std::int32_t dot = K - 2 * pr[i] - (cr ? cr[i] : 0);
       float y = std::fmaf(e.scale[o], static_cast<float>(dot), e.shift[o]);
-      if (res) y += res[o];
+      if (e.residual) y += e.residual[base + o];
       if (e.act == kActPrelu) {
         y = y > 0.0f ? y : e.slope[o] * y;
       } else if (e.act == kActRprelu) {

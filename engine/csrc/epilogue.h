@@ -3,9 +3,7 @@
 // For output pixel q and output channel o (o in [oc0, oc0 + n)):
 //   dot  = K - 2 * pop[q][o] - corr[q][o]            exact integer dot product of the valid (non-padded) taps
 //   y    = scale[o] * dot + shift[o]                  (folds alpha, BatchNorm, bias; one fused multiply-add)
-//   y   += residual[r(q)][o]                          if residual != null (float NHWC: the output's shape, r(q) = q;
-//                                                     or, with res_up = f > 1, nearest-upsampled on the fly:
-//                                                     [N][OH/f][OW/f], r(q) = the pixel (oh / f, ow / f))
+//   y   += residual[q][o]                             if residual != null (float NHWC, same shape as the output)
 //   y    = prelu(y, slope[o])                         if act == kPrelu   (prelu(v, a) = v > 0 ? v : a * v)
 //   y    = prelu(y - gamma[o], slope[o]) + zeta[o]    if act == kRprelu
 //   out[q][o]  = y                                    if out != null (float NHWC)
@@ -23,9 +21,7 @@ struct EpilogueParams {
   int out_channels = 0;               // C_out: channel stride of out / residual
   const float* scale = nullptr;       // [C_out]
   const float* shift = nullptr;       // [C_out]
-  const float* residual = nullptr;    // [pixels][C_out] or null (with res_up > 1: [N][OH/f][OW/f][C_out])
-  int res_up = 1;                     // the residual's nearest-upsampling factor f (1: the output's own shape)
-  int out_h = 0, out_w = 0;           // OH and OW, where res_up > 1
+  const float* residual = nullptr;    // [pixels][C_out] or null
   int act = kActNone;
   const float* slope = nullptr;       // [C_out] (prelu, rprelu)
   const float* gamma = nullptr;       // [C_out] (rprelu)
@@ -45,14 +41,6 @@ using EpilogueFn = void (*)(const EpilogueParams& e, const std::int32_t* pop, in
 // Portable implementation (also the reference the SIMD versions are tested against).
 void epilogue_scalar(const EpilogueParams& e, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
                      const std::int64_t* q, int npix, int oc0, int n, int K);
-
-// The residual's pixel for output pixel q: q itself, or its source pixel where the residual is upsampled on the fly.
-inline std::int64_t residual_pixel(const EpilogueParams& e, std::int64_t q) {
-  if (e.res_up == 1) return q;
-  const std::int64_t plane = static_cast<std::int64_t>(e.out_h) * e.out_w;
-  const std::int64_t n = q / plane, oh = (q % plane) / e.out_w, ow = q % e.out_w;
-  return (n * (e.out_h / e.res_up) + oh / e.res_up) * (e.out_w / e.res_up) + ow / e.res_up;
-}
 
 // ORs `n` bits (bit i of `mask`) into a packed row at bit position `pos`.
 inline void or_bits(std::uint32_t* row, int pos, std::uint32_t mask, int n) {

@@ -91,7 +91,7 @@ void epilogue_avx512_t(const EpilogueParams& ep, const std::int32_t* pop, int ld
   const float* resp[kMax];
   for (int p = 0; p < npix; ++p) {
     outp[p] = e.out ? e.out + q[p] * C + oc0 : nullptr;
-    resp[p] = e.residual ? e.residual + residual_pixel(e, q[p]) * C + oc0 : nullptr;
+    resp[p] = e.residual ? e.residual + q[p] * C + oc0 : nullptr;
   }
   for (int i = 0; i < n; i += kLanes) {
     const int cnt = n - i < kLanes ? n - i : kLanes;

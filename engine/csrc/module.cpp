@@ -133,7 +133,7 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
                      std::vector<int> padding, std::vector<int> dilation, Vec scale, Vec shift,
                      std::optional<In<float, 4>> residual, int act, std::optional<Vec> slope,
                      std::optional<Vec> gamma, std::optional<Vec> zeta, std::optional<Vec> next_threshold,
-                     bool want_float, bool want_bits, std::optional<MutFloat4> out, int residual_upsample) {
+                     bool want_float, bool want_bits, std::optional<MutFloat4> out) {
   if (stride.size() != 2 || dilation.size() != 2 || padding.size() != 4)
     throw std::invalid_argument("bconv2d: stride and dilation take 2 values, padding 4 (top, left, bottom, right)");
   if (!want_float && !want_bits) throw std::invalid_argument("bconv2d: ask for float output, bits, or both");
@@ -159,21 +159,11 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
   e.out_channels = w.out_channels;
   e.scale = vec_or_throw(scale, O, "scale", true);
   e.shift = vec_or_throw(shift, O, "shift", true);
-  if (residual_upsample < 1) throw std::invalid_argument("bconv2d: residual_upsample must be >= 1");
   if (residual) {
-    const std::size_t f = static_cast<std::size_t>(residual_upsample);
-    if (OH % f != 0 || OW % f != 0)
-      throw std::invalid_argument("bconv2d: the output (" + str(OH) + "x" + str(OW) + ") is not a residual upsampled " +
-                                  str(f) + "x");
-    if (residual->shape(0) != N || residual->shape(1) != OH / f || residual->shape(2) != OW / f ||
-        residual->shape(3) != O)
-      throw std::invalid_argument("bconv2d: residual must be float32 NHWC of shape (" + str(N) + ", " + str(OH / f) +
-                                  ", " + str(OW / f) + ", " + str(O) + ")" +
-                                  (f > 1 ? " (the output's, upsampled " + str(f) + "x)" : " (the output's)"));
+    if (residual->shape(0) != N || residual->shape(1) != OH || residual->shape(2) != OW || residual->shape(3) != O)
+      throw std::invalid_argument("bconv2d: residual must be float32 NHWC of the output's shape (" + str(N) + ", " +
+                                  str(OH) + ", " + str(OW) + ", " + str(O) + ")");
     e.residual = residual->data();
-    e.res_up = residual_upsample;
-    e.out_h = static_cast<int>(OH);
-    e.out_w = static_cast<int>(OW);
   }
   if (act < binpose::kActNone || act > binpose::kActRprelu) throw std::invalid_argument("bconv2d: unknown activation");
   e.act = act;
@@ -187,8 +177,6 @@ nb::tuple py_bconv2d(In<std::uint32_t, 4> x, int in_channels, const binpose::Con
   std::optional<Out<float, 4>> fo;
   std::optional<Out<std::uint32_t, 4>> bo;
   if (want_float && out) {  // into a caller's array, e.g. the residual's own (each element is read, then written)
-    if (residual && residual_upsample > 1 && out->data() == residual->data())
-      throw std::invalid_argument("bconv2d: an upsampled residual cannot take the output in place");
     if (out->shape(0) != N || out->shape(1) != OH || out->shape(2) != OW || out->shape(3) != O)
       throw std::invalid_argument("bconv2d: out must be float32 NHWC of the output's shape");
     e.out = out->data();
@@ -430,10 +418,9 @@ NB_MODULE(_native, m) {
         nb::arg("residual").none() = nb::none(), nb::arg("act") = 0, nb::arg("slope").none() = nb::none(),
         nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(),
         nb::arg("next_threshold").none() = nb::none(), nb::arg("want_float") = true, nb::arg("want_bits") = false,
-        nb::arg("out").none() = nb::none(), nb::arg("residual_upsample") = 1,
+        nb::arg("out").none() = nb::none(),
         "Packed binary conv2d with the fused epilogue; returns (float NHWC or None, uint32 bits or None). The float "
-        "output goes into `out` when given (it may be the residual itself). With residual_upsample f > 1 the "
-        "residual is [N, OH/f, OW/f, O], nearest-upsampled as it is read.");
+        "output goes into `out` when given (it may be the residual itself).");
   m.def("channel_act", &py_channel_act, nb::arg("x"), nb::arg("act"), nb::arg("slope").none() = nb::none(),
         nb::arg("gamma").none() = nb::none(), nb::arg("zeta").none() = nb::none(), nb::arg("out").none() = nb::none(),
         "Per-channel activation of float NHWC (0 none, 1 PReLU, 2 RPReLU, 3 ReLU); into `out` (None returned) or new.");

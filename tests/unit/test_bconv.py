@@ -319,57 +319,6 @@ def test_fused_epilogue(case: Case, act: str | None, use_residual: bool, isa: st
         np.testing.assert_allclose(fresh.out, y, rtol=1e-5, atol=1e-5)
 
 
-UPSAMPLED_RESIDUAL_CASES = [
-    (Case(2, 64, 64, 8, 6, (3, 3), (1, 1), (1, 1), (1, 1), 1), 2),  # on "amx": the tiles
-    (Case(1, 36, 40, 12, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1), 4),
-    (Case(1, 33, 18, 8, 12, (3, 3), (2, 2), (1, 1), (1, 1), 1), 2),  # stride 2, channels off word boundaries
-    (Case(1, 18, 8, 6, 6, (1, 1), (1, 1), (0, 0), (1, 1), 2), 3),  # groups
-]
-
-
-@pytest.mark.parametrize(("case", "f"), UPSAMPLED_RESIDUAL_CASES, ids=lambda v: str(v))
-def test_residual_upsampled_as_it_is_read(case: Case, f: int, isa: str, threads: int) -> None:
-    """``residual_upsample=f``: the residual of shape (N, OH/f, OW/f, O) is added as torch's nearest interpolation
-    of it would be (HRNet/SBPN's upsample-then-add), float output and bits alike, with no upsampled array."""
-    rng = np.random.default_rng(8)
-    x, w = tensors(case, 12)
-    x_nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
-    o = case.cout
-    scale = rng.uniform(0.01, 0.2, o).astype(np.float32)
-    shift = rng.standard_normal(o).astype(np.float32)
-    nxt = rng.standard_normal(o).astype(np.float32) * 0.5
-    xs = torch.from_numpy(np.where(x_nhwc < 0, -1.0, 1.0).astype(np.float32)).permute(0, 3, 1, 2)
-    dot = F.conv2d(xs, sgn(w), None, case.stride, case.pad, case.dil, case.groups)
-    n, _, oh, ow = dot.shape
-    low = rng.standard_normal((n, oh // f, ow // f, o)).astype(np.float32)
-    up = F.interpolate(torch.from_numpy(low).permute(0, 3, 1, 2), scale_factor=f, mode="nearest")
-    y = (dot * torch.from_numpy(scale)[:, None, None] + torch.from_numpy(shift)[:, None, None] + up).double()
-    y = y.permute(0, 2, 3, 1).numpy()
-    act = kernels.PReLU(rng.uniform(-0.5, 0.5, o).astype(np.float32))
-    y = np.where(y > 0, y, act.slope * y)
-
-    packed = kernels.pack_activations(x_nhwc)
-    pw = kernels.PackedConvWeights.from_float(w.numpy(), groups=case.groups)
-    conv = kernels.BConv(pw, case.stride, case.pad, case.dil, scale, shift, act, nxt, residual_upsample=f)
-    res = conv(packed, low, residual_in_place=True)  # in place is not possible: a fresh output
-    assert res.out is not None and res.bits is not None and res.out.shape == y.shape
-    np.testing.assert_allclose(res.out, y, rtol=1e-5, atol=1e-5)
-    v = y + nxt
-    decided = np.abs(v) > 1e-4
-    assert np.array_equal((res.bits.unpack() < 0)[decided], (v < 0)[decided])
-    with pytest.raises(ValueError, match=r"residual must be float32 NHWC of shape .* upsampled"):
-        conv(packed, np.zeros((n, oh, ow, o), np.float32))
-
-
-def test_residual_upsample_needs_an_output_it_divides() -> None:
-    p = kernels.pack_activations(np.ones((1, 5, 4, 8), dtype=np.float32))
-    w = kernels.PackedConvWeights.from_float(np.ones((4, 8, 1, 1), dtype=np.float32))
-    with pytest.raises(ValueError, match="not a residual upsampled 2x"):
-        kernels.bconv2d(p, w, residual=np.zeros((1, 2, 2, 4), dtype=np.float32), residual_upsample=2)
-    with pytest.raises(ValueError, match="residual_upsample must be >= 1"):
-        kernels.BConv(w, residual_upsample=0)
-
-
 def test_chained_layers_via_bits() -> None:
     """Bits written by one layer's epilogue feed the next layer exactly like packing its float output."""
     rng = np.random.default_rng(3)

@@ -232,24 +232,6 @@ def test_fast_path_fuses_and_reuses_without_touching_input_or_values(tmp_path: P
             np.testing.assert_array_equal(v, again[name], err_msg=name)
 
 
-def test_upsampled_residuals_are_read_in_the_epilogue(tmp_path: Path) -> None:
-    """SBPN's head adds each unit's upsampled input as the binary conv's residual: a plain call runs no float
-    upsampling (the epilogue reads the source upsampled), with the outputs of ``values()``, which runs every op."""
-    model = randomize(models.build("sbpn-r18", **SMALL.get("sbpn-r18", {})), seed=6)
-    pm = engine.load(pack_model(model, tmp_path / "sbpn.bnn"))
-    fused = [op for op in pm.graph["ops"] if op["type"] == "upsample"]
-    assert fused, "the head's float upsamplings"
-    x = torch.randn(2, 3, *pm.spec_dict["input_size"], generator=torch.Generator().manual_seed(1))
-    assert "upsample" not in [p["type"] for p in pm.profile(x, runs=1)]
-    kept = pm.values(x)
-    assert all(op["outputs"]["y"] in kept for op in fused)
-    np.testing.assert_array_equal(np.asarray(pm(x)), np.asarray(_nchw(kept[pm._output])))
-
-
-def _nchw(v: Any) -> Any:
-    return torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2) if isinstance(v, np.ndarray) else v
-
-
 @pytest.mark.parametrize("setting", ["1", "0"])
 def test_stem_precision_setting(setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """BINPOSE_STEM_BF16: the RGB stem on AMX-BF16 tiles (three bf16 products per term: within 2^-14 of the sum of
