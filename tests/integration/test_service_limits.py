@@ -1,5 +1,6 @@
 """The service's limits on a real uvicorn server: overload answers 503 with Retry-After, a request past its deadline
-answers 504, and SIGTERM finishes every accepted request before the process exits."""
+answers 504, SIGTERM finishes every accepted request before the process exits, and a killed model process costs
+only the batches it held."""
 
 from __future__ import annotations
 
@@ -169,3 +170,48 @@ def test_not_ready_while_models_cannot_load(tmp_path: Path) -> None:
                                  "BINPOSE_WEIGHTS_DIR": str(tmp_path)}, log_path=tmp_path / "server.log")  # fmt: skip
     with pytest.raises(RuntimeError, match=r"could not load its models.*not_ready.*does not exist"):
         server.start()
+
+
+def _network_child(server_pid: int) -> int:
+    """The pid of the server's model process (a multiprocessing spawn child; the resource tracker is the other)."""
+    for task in Path(f"/proc/{server_pid}/task").iterdir():  # each thread lists the children it started
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    raise AssertionError("no model process under the server")
+
+
+def test_killed_model_process_under_load_fails_at_most_its_batches(tmp_path: Path) -> None:
+    """The network's process dies (SIGKILL) while concurrent requests keep coming: the batches it held answer 500
+    with the JSON error, every other request 200, a new process takes over, and the server stays up."""
+    import os
+    import signal
+
+    env = {"BINPOSE_MODELS": MODEL, "BINPOSE_BACKEND": "packed", "BINPOSE_THREADS": "1"}
+    with ServiceProcess(env=env, log_path=tmp_path / "server.log") as server:
+        assert server.proc is not None
+        first = _network_child(server.proc.pid)
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                r = post_pose(server.url, [[100, 50, 300, 450]])
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    assert r.status_code == 500 and r.json()["error"]["code"] == "inference_failed", r.text
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client) for _ in range(4)]
+            time.sleep(1.0)
+            os.kill(first, signal.SIGKILL)
+            time.sleep(2.0)
+            stop.set()
+            for f in futures:
+                f.result()
+        second = _network_child(server.proc.pid)
+        assert second != first
+        failed = [s for s in statuses if s != 200]
+        assert len(failed) <= 2 * 4, statuses  # at most the two batches in flight (4 crops each) when it died
+        assert statuses[-4:] == [200] * 4 and len(statuses) > 20
+        assert post_pose(server.url, [[100, 50, 300, 450]]).status_code == 200
