@@ -1,9 +1,10 @@
 """Every binary 3x3 conv shape of resnet18, sbpn-r18 and bhrnet-w32 vs torch FP32 conv2d, batch 1, 1 and 2 threads.
 
 Run: ``.venv/bin/python -m benchmarks.bench_layers [--threads 1 2] [--min-time 0.3] [--shapes resnet18]``.
-Writes benchmarks/results/layers.json and layers.md. The binary time is ``engine.kernels.bconv2d`` from packed
-input bits to float NHWC output with the per-channel scale/shift epilogue; the packing of the input is timed
-separately ("pack" column) since in a network it is fused into the previous layer's epilogue.
+Writes benchmarks/results/layers.json and layers.md. The binary time is one call of an ``engine.kernels.BConv`` (the
+layer as the runtime holds it: geometry and epilogue bound once) from packed input bits to float NHWC output with the
+per-channel scale/shift epilogue; the packing of the input is timed separately ("pack" column) since in a network it
+is fused into the previous layer's epilogue.
 """
 
 from __future__ import annotations
@@ -167,23 +168,16 @@ def run(threads_list: list[int], min_time: float, groups: set[str] | None) -> li
             oh, ow = kernels.conv_output_shape((s.h, s.w), pw, s.stride, 1)
             macs = oh * ow * s.cout * s.cin * 9
 
-            def binary(
-                px: kernels.PackedActivations = px,
-                pw: kernels.PackedConvWeights = pw,
-                st: int = s.stride,
-                sc: np.ndarray = scale,
-                sh: np.ndarray = shift,
-            ) -> object:
-                return kernels.bconv2d(px, pw, stride=st, padding=1, scale=sc, shift=sh)
+            # The layer as the runtime holds it: a kernels.BConv bound once (geometry and epilogue checked then),
+            # called on each input (bconv2d, the functional form, re-checks its arguments on every call: ~2 us more).
+            conv = kernels.BConv(pw, s.stride, 1, scale=scale, shift=shift)
+            conv_bits = kernels.BConv(pw, s.stride, 1, scale=scale, shift=shift, next_threshold=shift, want_float=False)
 
-            def binary_bits(
-                px: kernels.PackedActivations = px,
-                pw: kernels.PackedConvWeights = pw,
-                st: int = s.stride,
-                sc: np.ndarray = scale,
-                sh: np.ndarray = shift,
-            ) -> object:
-                return kernels.bconv2d(px, pw, stride=st, padding=1, scale=sc, shift=sh, next_threshold=sh, want_float=False)
+            def binary(conv: kernels.BConv = conv, px: kernels.PackedActivations = px) -> object:
+                return conv(px)
+
+            def binary_bits(conv: kernels.BConv = conv_bits, px: kernels.PackedActivations = px) -> object:
+                return conv(px)
 
             xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
             wt = torch.from_numpy(wf)
@@ -260,7 +254,8 @@ def to_markdown(rows: list[dict[str, object]], command: str, load: float) -> str
             if load > 1.5
             else "."
         ),
-        "binary ms: packed input -> float NHWC output with scale/shift epilogue; bits-out ms: same but writing the "
+        "binary ms: one call of the layer as the runtime holds it (`kernels.BConv`), packed input -> float NHWC output "
+        "with scale/shift epilogue; bits-out ms: same but writing the "
         "next layer's packed bits only; pack ms: packing the float input (fused into the previous epilogue in a "
         "network).",
         "",
