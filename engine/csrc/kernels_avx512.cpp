@@ -271,13 +271,33 @@ void float_conv_rows_avx512(const FloatConvArgs& a, std::int64_t r0, std::int64_
 // channels in four accumulator tiles, then the shared epilogue turns the dots into floats and bits.
 namespace {
 
-// 64 channels of packed bits (bit 1 = -1) at bit 0 of `words` -> 64 bytes of +-1, 0 past `valid` channels.
-inline void expand64(const std::uint32_t* words, int valid, std::int8_t* dst) {
-  std::uint64_t bits = words[0];
-  if (valid > 32) bits |= static_cast<std::uint64_t>(words[1]) << 32;
-  const __mmask64 keep = valid >= 64 ? ~0ULL : (1ULL << valid) - 1ULL;
-  const __m512i v = _mm512_mask_blend_epi8(bits, _mm512_set1_epi8(1), _mm512_set1_epi8(-1));
-  _mm512_storeu_si512(dst, _mm512_maskz_mov_epi8(keep, v));
+// A row of W pixels of packed bits (bit 1 = -1; in_words words per pixel, the group's Cg channels from bit c0) ->
+// +-1 bytes, Cp bytes per pixel: `chunks` chunks of 64 channels, 0 past Cg. Everything by value: the int8 stores
+// may alias any variable, so references would be loaded again after every store.
+void expand_pixels(const std::uint32_t* s, int W, int in_words, std::int64_t c0, int Cg, int cwg, int chunks,
+                   std::int8_t* d, std::int64_t Cp) {
+  const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+  const int last = Cg - 64 * (chunks - 1);  // channels of the last chunk, 1..64
+  const __mmask64 keep = last >= 64 ? ~0ULL : (1ULL << last) - 1ULL;
+  std::vector<std::uint32_t> tmp(c0 % 32 == 0 ? 0 : static_cast<std::size_t>(cwg));
+  for (int x = 0; x < W; ++x, d += Cp) {
+    const std::uint32_t* px = s + static_cast<std::int64_t>(x) * in_words;
+    if (c0 % 32 == 0) {
+      px += c0 / 32;
+    } else {
+      extract_bits(px, 0, c0, Cg, tmp.data());
+      px = tmp.data();
+    }
+    int c = 0;
+    for (; c < chunks - 1; ++c) {
+      std::uint64_t bits;
+      std::memcpy(&bits, px + 2 * c, sizeof(bits));
+      _mm512_storeu_si512(d + 64 * c, _mm512_mask_blend_epi8(bits, plus, minus));
+    }
+    std::uint64_t bits = px[2 * c];
+    if (last > 32) bits |= static_cast<std::uint64_t>(px[2 * c + 1]) << 32;  // never past the pixel's words
+    _mm512_storeu_si512(d + 64 * c, _mm512_maskz_mov_epi8(keep, _mm512_mask_blend_epi8(bits, plus, minus)));
+  }
 }
 
 // Weight tiles as bits (ConvWeights::amx) -> +-1 bytes: one 64-byte row per uint64.
@@ -361,20 +381,9 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
     }
     std::memset(row, 0, static_cast<std::size_t>(geo.pad_left * Cp));
     std::memset(row + (static_cast<std::int64_t>(geo.pad_left) + W) * Cp, 0, static_cast<std::size_t>(geo.pad_right * Cp));
-    std::int8_t* d = row + static_cast<std::int64_t>(geo.pad_left) * Cp;
-    const std::uint32_t* s = input + (static_cast<std::int64_t>(n) * H + h) * W * geo.in_words;
-    const std::int64_t c0 = static_cast<std::int64_t>(g) * Cg;
-    std::vector<std::uint32_t> tmp(c0 % 32 == 0 ? 0 : static_cast<std::size_t>(w.cwg));
-    for (int x = 0; x < W; ++x, d += Cp) {
-      const std::uint32_t* px = s + static_cast<std::int64_t>(x) * geo.in_words;
-      if (c0 % 32 == 0) {
-        px += c0 / 32;
-      } else {
-        extract_bits(px, 0, c0, Cg, tmp.data());
-        px = tmp.data();
-      }
-      for (int c = 0; c < chunks; ++c) expand64(px + 2 * c, std::min(64, Cg - 64 * c), d + 64 * c);
-    }
+    expand_pixels(input + (static_cast<std::int64_t>(n) * H + h) * W * geo.in_words, W, geo.in_words,
+                  static_cast<std::int64_t>(g) * Cg, Cg, w.cwg, chunks, row + static_cast<std::int64_t>(geo.pad_left) * Cp,
+                  Cp);
   });
   std::vector<std::ptrdiff_t> tap_off(T);
   for (int kh = 0; kh < w.kh; ++kh)
