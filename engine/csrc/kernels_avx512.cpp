@@ -77,9 +77,9 @@ void micro_avx512(const MicroArgs& a, int npix, int nblk) {
 }
 
 // Channel chunk outer, pixels inner: per-channel parameters are loaded once per tile. Bits are gathered per pixel
-// into whole 32-bit words (relative to oc0) and OR-ed into the zeroed output once per word.
-// kDot: `pop` already holds the exact dot products (the AMX path); K and corr_rows are then unused.
-template <bool kDot, int kMax = kMaxTile>
+// into whole 32-bit words (relative to oc0) and OR-ed into the zeroed output once per word. (The AMX path, whose dots
+// are exact already, has its own: PairEpilogue.)
+template <int kMax = kMaxTile>
 void epilogue_avx512_t(const EpilogueParams& ep, const std::int32_t* pop, int ld,
                        const std::int32_t* const* corr_rows, const std::int64_t* q, int npix, int oc0, int n, int K) {
   const EpilogueParams e = ep;  // a local copy: the compiler then knows stores to the output cannot change it
@@ -107,13 +107,8 @@ void epilogue_avx512_t(const EpilogueParams& ep, const std::int32_t* pop, int ld
     }
     if (e.next_thr) thr = _mm512_maskz_loadu_ps(m, e.next_thr + o);
     for (int p = 0; p < npix; ++p) {
-      __m512i d;
-      if constexpr (kDot) {
-        d = _mm512_loadu_si512(pop + p * ld + i);
-      } else {
-        d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pop + p * ld + i), 1));
-        if (corr_rows && corr_rows[p]) d = _mm512_sub_epi32(d, _mm512_loadu_si512(corr_rows[p] + i));
-      }
+      __m512i d = _mm512_sub_epi32(vK, _mm512_slli_epi32(_mm512_loadu_si512(pop + p * ld + i), 1));
+      if (corr_rows && corr_rows[p]) d = _mm512_sub_epi32(d, _mm512_loadu_si512(corr_rows[p] + i));
       __m512 y = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(d), sh);
       if (e.residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, resp[p] + i));
       if (e.act == kActPrelu) {
@@ -142,7 +137,7 @@ void epilogue_avx512_t(const EpilogueParams& ep, const std::int32_t* pop, int ld
 
 void epilogue_avx512(const EpilogueParams& e, const std::int32_t* pop, int ld, const std::int32_t* const* corr_rows,
                      const std::int64_t* q, int npix, int oc0, int n, int K) {
-  epilogue_avx512_t<false>(e, pop, ld, corr_rows, q, npix, oc0, n, K);
+  epilogue_avx512_t<>(e, pop, ld, corr_rows, q, npix, oc0, n, K);
 }
 
 void pack_rows_avx512(const float* x, std::size_t rows, std::size_t n, std::size_t x_stride, const float* thr,
@@ -270,6 +265,106 @@ void float_conv_rows_avx512(const FloatConvArgs& a, std::int64_t r0, std::int64_
 // A tile = 16 pixels x 64 channels of one tap, row stride = stride_w * channels); a step computes 2 runs x 32 output
 // channels in four accumulator tiles, then the shared epilogue turns the dots into floats and bits.
 namespace {
+
+// The AMX path's epilogue for one block pair (up to 32 output channels from oc0), the arithmetic of epilogue_avx512_t:
+// the per-channel vectors are loaded once per block pair (the shared epilogue loads them again for every 16-pixel
+// run) and each pixel takes both 16-channel halves in one pass, with the activation, the residual, the outputs and
+// the number of halves fixed at compile time.
+class PairEpilogue {
+ public:
+  PairEpilogue(const EpilogueParams& e, int oc0, int n) : e_(e), oc0_(oc0), n_(n) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int v = 0; v < 2; ++v) {
+      const int cnt = std::max(0, std::min(16, n - 16 * v)), o = oc0 + 16 * v;
+      m_[v] = static_cast<__mmask16>(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1u);
+      sc_[v] = _mm512_maskz_loadu_ps(m_[v], e.scale + o);
+      sh_[v] = _mm512_maskz_loadu_ps(m_[v], e.shift + o);
+      slope_[v] = e.act != kActNone ? _mm512_maskz_loadu_ps(m_[v], e.slope + o) : zero;
+      gamma_[v] = e.act == kActRprelu ? _mm512_maskz_loadu_ps(m_[v], e.gamma + o) : zero;
+      zeta_[v] = e.act == kActRprelu ? _mm512_maskz_loadu_ps(m_[v], e.zeta + o) : zero;
+      thr_[v] = e.next_thr ? _mm512_maskz_loadu_ps(m_[v], e.next_thr + o) : zero;
+    }
+    // A plain store of the pixel's bits word where the block pair owns all of it (its channels start a word and
+    // reach its end or the last channel); otherwise OR-ed in, as other block pairs (groups) share the word.
+    own_word_ = oc0 % 32 == 0 && (n == 32 || oc0 + n == e.out_channels);
+    const bool res = e.residual != nullptr, out = e.out != nullptr, bits = e.out_bits != nullptr;
+    const int nv = n > 16 ? 2 : 1;
+    fn_ = e.act == kActPrelu    ? pick<kActPrelu>(res, out, bits, nv)
+          : e.act == kActRprelu ? pick<kActRprelu>(res, out, bits, nv)
+                                : pick<kActNone>(res, out, bits, nv);
+  }
+
+  // dots: one row of 32 int32 dot products per pixel; q: the pixels' global indices.
+  void operator()(const std::int32_t* dots, const std::int64_t* q, int npix) const { (this->*fn_)(dots, q, npix); }
+
+ private:
+  using Fn = void (PairEpilogue::*)(const std::int32_t*, const std::int64_t*, int) const;
+
+  template <int kAct>
+  static Fn pick(bool res, bool out, bool bits, int nv) {
+    return res ? pick_out<kAct, true>(out, bits, nv) : pick_out<kAct, false>(out, bits, nv);
+  }
+  template <int kAct, bool kRes>
+  static Fn pick_out(bool out, bool bits, int nv) {
+    return out ? pick_bits<kAct, kRes, true>(bits, nv) : pick_bits<kAct, kRes, false>(bits, nv);
+  }
+  template <int kAct, bool kRes, bool kOut>
+  static Fn pick_bits(bool bits, int nv) {
+    if (bits) return nv == 2 ? &PairEpilogue::run<kAct, kRes, kOut, true, 2> : &PairEpilogue::run<kAct, kRes, kOut, true, 1>;
+    return nv == 2 ? &PairEpilogue::run<kAct, kRes, kOut, false, 2> : &PairEpilogue::run<kAct, kRes, kOut, false, 1>;
+  }
+
+  template <int kAct, bool kRes, bool kOut, bool kBits, int kNv>
+  void run(const std::int32_t* dots, const std::int64_t* q, int npix) const {
+    // Everything in locals first: the float stores below may alias the members, which would then be loaded again
+    // for every pixel.
+    const __m512 zero = _mm512_setzero_ps();
+    const std::int64_t C = e_.out_channels, bits_stride = e_.bits_stride;
+    const int oc0 = oc0_, nbits = n_ < 32 ? n_ : 32;
+    const bool own_word = own_word_;
+    const float* residual = e_.residual;
+    float* out = e_.out;
+    std::uint32_t* out_bits = e_.out_bits;
+    __mmask16 m[kNv];
+    __m512 sc[kNv], sh[kNv], slope[kNv], gamma[kNv], zeta[kNv], thr[kNv];
+    for (int v = 0; v < kNv; ++v) {
+      m[v] = m_[v], sc[v] = sc_[v], sh[v] = sh_[v], slope[v] = slope_[v], gamma[v] = gamma_[v], zeta[v] = zeta_[v];
+      thr[v] = thr_[v];
+    }
+    for (int p = 0; p < npix; ++p) {
+      const std::int64_t at = q[p] * C + oc0;
+      std::uint32_t word = 0;
+      for (int v = 0; v < kNv; ++v) {
+        __m512 y = _mm512_fmadd_ps(sc[v], _mm512_cvtepi32_ps(_mm512_loadu_si512(dots + p * 32 + 16 * v)), sh[v]);
+        if constexpr (kRes) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], residual + at + 16 * v));
+        if constexpr (kAct == kActPrelu) {
+          const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
+          y = _mm512_mask_blend_ps(pos, _mm512_mul_ps(slope[v], y), y);
+        } else if constexpr (kAct == kActRprelu) {
+          const __m512 t = _mm512_sub_ps(y, gamma[v]);
+          const __mmask16 pos = _mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ);
+          y = _mm512_add_ps(_mm512_mask_blend_ps(pos, _mm512_mul_ps(slope[v], t), t), zeta[v]);
+        }
+        if constexpr (kOut) _mm512_mask_storeu_ps(out + at + 16 * v, m[v], y);
+        if constexpr (kBits)
+          word |= static_cast<std::uint32_t>(_mm512_mask_cmp_ps_mask(m[v], _mm512_add_ps(y, thr[v]), zero, _CMP_LT_OQ))
+                  << (16 * v);
+      }
+      if constexpr (kBits) {
+        std::uint32_t* row = out_bits + q[p] * bits_stride;
+        if (own_word) row[oc0 >> 5] = word;
+        else or_bits(row, oc0, word, nbits);
+      }
+    }
+  }
+
+  const EpilogueParams e_;  // a copy: stores to the outputs cannot change it
+  int oc0_, n_;
+  bool own_word_ = false;
+  __mmask16 m_[2];
+  __m512 sc_[2], sh_[2], slope_[2], gamma_[2], zeta_[2], thr_[2];
+  Fn fn_ = nullptr;
+};
 
 // A row of W pixels of packed bits (bit 1 = -1; in_words words per pixel, the group's Cg channels from bit c0) ->
 // +-1 bytes, Cp bytes per pixel: `chunks` chunks of 64 channels, 0 past Cg. Everything by value: the int8 stores
@@ -430,6 +525,7 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
                   wbuf.data());
       const int oc0 = g * w.oc_per_group + b * 16;
       const int noc = std::min(32, w.oc_per_group - b * 16);
+      const PairEpilogue epilogue(e, oc0, noc);
       // The runs of a step: their image, where each starts (line: it may run on into the next rows), how many.
       struct Runs {
         int img = 0, n = 0, oh0[2] = {0, 0}, ow0[2] = {0, 0};
@@ -465,7 +561,7 @@ void conv_amx(const std::uint32_t* input, const ConvGeometry& geo, const ConvWei
         done = 0;
       };
       auto finish_run = [&]() {
-        if (npix[done] > 0) epilogue_avx512_t<true, 16>(e, dots[done], 32, nullptr, qidx[done], npix[done], oc0, noc, 0);
+        if (npix[done] > 0) epilogue(dots[done], qidx[done], npix[done]);
         ++done;
       };
       auto between = [&](int t) {
