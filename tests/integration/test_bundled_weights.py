@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
-import torch
+from bundle_weights import FMNIST, fashion_mnist_test, top1_of  # scripts/: what measured the recorded numbers
+from system_deps import missing
 
 import engine
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "weights"
 VAL = ROOT / "datasets" / "vtest_pose"
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def manifest() -> dict[str, dict[str, Any]]:
@@ -69,20 +66,10 @@ def test_bundled_pose_model_scores_its_recorded_val_ap(tmp_path: Path) -> None:
 
 def test_bundled_classifier_scores_its_recorded_test_top1() -> None:
     if not (FMNIST / "t10k-images-idx3-ubyte.gz").exists() and not (FMNIST / "t10k-images-idx3-ubyte").exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Fashion-MNIST is not installed in {FMNIST} (apt-get install dataset-fashion-mnist)")
-        pytest.skip(f"Fashion-MNIST is not installed in {FMNIST} (apt-get install dataset-fashion-mnist)")
-    from models.train.data.classification import _find_idx, read_idx
-
-    images = read_idx(_find_idx(FMNIST, "t10k-images-idx3-ubyte")).astype(np.float32) / 255.0
-    labels = read_idx(_find_idx(FMNIST, "t10k-labels-idx1-ubyte")).astype(np.int64)
+        missing(f"Fashion-MNIST is not installed in {FMNIST} (apt-get install dataset-fashion-mnist)")
+    images, labels = fashion_mnist_test(FMNIST)
     assert images.shape == (10000, 28, 28)
     entry = manifest()["resnet18-small"]
     packed = engine.load(WEIGHTS / entry["file"])
-    mean, std = packed.spec.mean[0], packed.spec.std[0]
-    correct = 0
-    for i in range(0, len(images), 500):
-        logits = packed(torch.from_numpy((images[i : i + 500] - mean) / std)[:, None])
-        correct += int((logits.argmax(dim=1).numpy() == labels[i : i + 500]).sum())
-    top1 = 100.0 * correct / len(labels)
+    top1 = top1_of(packed, images, labels, packed.spec.mean[0], packed.spec.std[0])
     assert abs(top1 - entry["metrics"]["test_top1_packed"]) <= 0.2, (top1, entry["metrics"])

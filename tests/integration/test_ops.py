@@ -25,6 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from system_deps import missing
 
 from service.cli import serve_parser
 from service.process import ServiceProcess, free_port
@@ -42,10 +43,7 @@ def need_binary(name: str) -> str:
     """The binary's path; skip when it is missing, but fail on CI (CI=true), where it must be installed."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (apt-get install prometheus provides prometheus and promtool)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true requires it")
-        pytest.skip(reason)
+        missing(f"{name} is not installed (apt-get install prometheus provides prometheus and promtool)")
     return path
 
 
